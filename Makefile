@@ -1,0 +1,41 @@
+# One entry point for people and CI. `make serve` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.PHONY: serve test lint typecheck pytest install-server install-dev demo-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+
+$(VENV)/.server-installed: requirements/server.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/server.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements/server.txt requirements/train.txt requirements/dev.txt requirements/typing-nodeps.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements/typing-nodeps.txt
+	touch $(VENV)/.server-installed $@
+
+install-server: $(VENV)/.server-installed  ## server run-time dependencies only (no torch)
+install-dev: $(VENV)/.dev-installed        ## everything: training, export, tests, linters
+
+serve: install-server  ## start the service on the shipped demo model, port $(PORT)
+	$(BIN)/python -m server --port $(PORT)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-dev
+	$(BIN)/mypy export/trt.py
+
+pytest: install-dev
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest  ## install everything, lint, type-check and run the whole suite
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
