@@ -8,7 +8,6 @@ PORT ?= 8000
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip==25.3
 
 $(VENV)/.server-installed: requirements/server.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements/server.txt
