@@ -1,0 +1,365 @@
+// The demo page: send an image to POST /segment, draw the label map, its legend and the request's timings.
+// No dependencies and no build step. The label PNG (palette mode, pixel value = class id) is decoded here,
+// so the class under the pointer and the legend come from the exact ids the API returned.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  model: null, // GET /v1/model answer
+  file: null, // the image being shown
+  seq: 0, // guards against an older request finishing after a newer one
+  result: null, // {width, height, labels: Uint8Array, palette: [[r,g,b]…], png: Blob}
+  image: null, // ImageBitmap of the input, or null when the browser cannot decode it
+  json: null, // Blob of the JSON answer, fetched when first downloaded
+};
+
+// ---------- API ----------
+
+async function errorMessage(response) {
+  let detail = "";
+  try {
+    const body = await response.json();
+    if (typeof body.detail === "string") detail = body.detail;
+    else if (Array.isArray(body.detail)) detail = body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
+    else if (body.detail !== undefined) detail = JSON.stringify(body.detail);
+  } catch (_) {
+    // not JSON: fall back to the status line
+  }
+  return `${detail || response.statusText || "Request failed"} (HTTP ${response.status})`;
+}
+
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function segment(file, format) {
+  const form = new FormData();
+  form.append("image", file, file.name || "image");
+  const response = await fetch(`/segment?format=${format}`, { method: "POST", body: form, headers: authHeaders() });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  return response;
+}
+
+async function loadModel() {
+  try {
+    const response = await fetch("/v1/model", { headers: authHeaders() });
+    if (response.status === 401 || response.status === 403) $("auth").open = true;
+    if (!response.ok) throw new Error(await errorMessage(response));
+    state.model = await response.json();
+    const m = state.model;
+    const parts = [m.name, m.backend && `${m.backend}${m.provider ? ` (${m.provider})` : ""}`, m.precision];
+    $("model").textContent = `Model: ${parts.filter(Boolean).join(" · ")}`;
+  } catch (err) {
+    $("model").textContent = `Model information unavailable: ${err.message}`;
+  }
+}
+
+function className(id) {
+  const classes = (state.model && state.model.classes) || [];
+  const entry = classes.find((c, i) => (typeof c === "object" ? c.id === id : i === id));
+  if (entry === undefined) return `class ${id}`;
+  return typeof entry === "object" ? entry.name : entry;
+}
+
+// ---------- palette PNG decoding ----------
+
+function paeth(a, b, c) {
+  const p = a + b - c;
+  const pa = Math.abs(p - a);
+  const pb = Math.abs(p - b);
+  const pc = Math.abs(p - c);
+  if (pa <= pb && pa <= pc) return a;
+  return pb <= pc ? b : c;
+}
+
+async function inflate(chunks) {
+  const stream = new Blob(chunks).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/** Decode a non-interlaced palette PNG into its pixel indices and its palette. */
+async function decodeLabelPng(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(buffer);
+  const signature = [137, 80, 78, 71, 13, 10, 26, 10];
+  if (bytes.length < 8 || signature.some((v, i) => bytes[i] !== v)) throw new Error("The label map is not a PNG");
+  let header = null;
+  const palette = [];
+  const data = [];
+  for (let pos = 8; pos + 8 <= bytes.length; ) {
+    const length = view.getUint32(pos);
+    const type = String.fromCharCode(...bytes.subarray(pos + 4, pos + 8));
+    const body = bytes.subarray(pos + 8, pos + 8 + length);
+    if (type === "IHDR") {
+      header = { width: view.getUint32(pos + 8), height: view.getUint32(pos + 12), depth: body[8], colorType: body[9], interlace: body[12] };
+    } else if (type === "PLTE") {
+      for (let i = 0; i + 2 < body.length; i += 3) palette.push([body[i], body[i + 1], body[i + 2]]);
+    } else if (type === "IDAT") {
+      data.push(body);
+    } else if (type === "IEND") {
+      break;
+    }
+    pos += 12 + length;
+  }
+  if (!header || header.colorType !== 3 || header.interlace !== 0) {
+    throw new Error("The label map is not a non-interlaced palette PNG");
+  }
+  const { width, height, depth } = header;
+  const stride = Math.ceil((width * depth) / 8);
+  const raw = await inflate(data);
+  if (raw.length < (stride + 1) * height) throw new Error("The label PNG is truncated");
+  const rows = new Uint8Array(stride * height);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)];
+    const src = y * (stride + 1) + 1;
+    const cur = y * stride;
+    const prev = cur - stride;
+    for (let x = 0; x < stride; x++) {
+      const a = x > 0 ? rows[cur + x - 1] : 0;
+      const b = y > 0 ? rows[prev + x] : 0;
+      const c = x > 0 && y > 0 ? rows[prev + x - 1] : 0;
+      let v = raw[src + x];
+      if (filter === 1) v += a;
+      else if (filter === 2) v += b;
+      else if (filter === 3) v += (a + b) >> 1;
+      else if (filter === 4) v += paeth(a, b, c);
+      rows[cur + x] = v & 255;
+    }
+  }
+  let labels = rows;
+  if (depth !== 8) {
+    labels = new Uint8Array(width * height);
+    const mask = (1 << depth) - 1;
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const bit = x * depth;
+        labels[y * width + x] = (rows[y * stride + (bit >> 3)] >> (8 - depth - (bit & 7))) & mask;
+      }
+    }
+  }
+  return { width, height, labels, palette };
+}
+
+// ---------- drawing ----------
+
+function colorOf(id) {
+  return state.result.palette[id] || [0, 0, 0];
+}
+
+function drawLabels() {
+  const { width, height, labels } = state.result;
+  const canvas = $("labels");
+  canvas.width = width;
+  canvas.height = height;
+  const pixels = new ImageData(width, height);
+  for (let i = 0; i < labels.length; i++) {
+    const [r, g, b] = colorOf(labels[i]);
+    pixels.data[4 * i] = r;
+    pixels.data[4 * i + 1] = g;
+    pixels.data[4 * i + 2] = b;
+    pixels.data[4 * i + 3] = 255;
+  }
+  canvas.getContext("2d").putImageData(pixels, 0, 0);
+}
+
+function drawOverlay() {
+  const { width, height } = state.result;
+  const canvas = $("overlay");
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  ctx.globalAlpha = 1;
+  if (state.image) ctx.drawImage(state.image, 0, 0, width, height);
+  else ctx.clearRect(0, 0, width, height);
+  ctx.globalAlpha = Number($("opacity").value) / 100;
+  ctx.drawImage($("labels"), 0, 0);
+  ctx.globalAlpha = 1;
+}
+
+function drawLegend() {
+  const { labels } = state.result;
+  const counts = new Map();
+  for (const id of labels) counts.set(id, (counts.get(id) || 0) + 1);
+  const legend = $("legend");
+  legend.replaceChildren();
+  for (const [id, count] of [...counts].sort((p, q) => q[1] - p[1])) {
+    const item = document.createElement("li");
+    item.dataset.classId = String(id);
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${colorOf(id).join(",")})`;
+    swatch.setAttribute("aria-hidden", "true");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = className(id);
+    const share = document.createElement("span");
+    share.className = "share";
+    share.textContent = `${((100 * count) / labels.length).toFixed(1)}%`;
+    share.title = `${count.toLocaleString()} pixels`;
+    item.append(swatch, name, share);
+    legend.append(item);
+  }
+}
+
+function drawTimings(response, roundTripMs) {
+  const { width, height } = state.result;
+  const rows = [
+    ["Model", response.headers.get("X-Model")],
+    ["Batch size", response.headers.get("X-Batch-Size")],
+    ["Queue", response.headers.get("X-Queue-Ms") && `${response.headers.get("X-Queue-Ms")} ms`],
+    ["Inference", response.headers.get("X-Inference-Ms") && `${response.headers.get("X-Inference-Ms")} ms`],
+    ["Round trip", `${roundTripMs.toFixed(0)} ms`],
+    ["Image", `${width} × ${height}`],
+    ["Request ID", response.headers.get("X-Request-ID")],
+  ];
+  const list = $("timings");
+  list.replaceChildren();
+  for (const [term, value] of rows) {
+    if (!value) continue;
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    list.append(dt, dd);
+  }
+}
+
+function showHover(event) {
+  if (!state.result) return;
+  const { width, height, labels } = state.result;
+  const rect = event.currentTarget.getBoundingClientRect();
+  const x = Math.min(width - 1, Math.max(0, Math.floor(((event.clientX - rect.left) * width) / rect.width)));
+  const y = Math.min(height - 1, Math.max(0, Math.floor(((event.clientY - rect.top) * height) / rect.height)));
+  $("hover").textContent = `(${x}, ${y}): ${className(labels[y * width + x])}`;
+}
+
+// ---------- flow ----------
+
+function setBusy(message) {
+  document.body.dataset.state = "busy";
+  $("status").textContent = message;
+  $("error").hidden = true;
+}
+
+function showError(message) {
+  document.body.dataset.state = "error";
+  $("status").textContent = "";
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+async function decodeInput(file) {
+  try {
+    return await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch (_) {
+    return null; // e.g. TIFF: the server reads it, this browser does not; the label map is still shown
+  }
+}
+
+async function submit(file) {
+  if (!file) return;
+  const seq = ++state.seq;
+  state.file = file;
+  state.json = null;
+  setBusy(`Segmenting ${file.name || "pasted image"}…`);
+  try {
+    const started = performance.now();
+    const [response, image] = await Promise.all([segment(file, "png"), decodeInput(file)]);
+    const png = await response.blob();
+    const roundTrip = performance.now() - started;
+    const decoded = await decodeLabelPng(await png.arrayBuffer());
+    if (seq !== state.seq) return;
+    state.result = { ...decoded, png };
+    state.image = image;
+    drawLabels();
+    drawOverlay();
+    drawLegend();
+    drawTimings(response, roundTrip);
+    $("result").hidden = false;
+    $("status").textContent = `Segmented ${file.name || "pasted image"}.`;
+    document.body.dataset.state = "done";
+  } catch (err) {
+    if (seq !== state.seq) return;
+    state.result = null;
+    $("result").hidden = true;
+    showError(err.message);
+  }
+}
+
+function baseName() {
+  const name = (state.file && state.file.name) || "image";
+  return name.replace(/\.[^.]*$/, "") || "image";
+}
+
+function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function downloadJson() {
+  try {
+    if (!state.json) state.json = await (await segment(state.file, "json")).blob();
+    download(state.json, `${baseName()}-labels.json`);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+function firstImage(items) {
+  for (const item of items || []) {
+    const file = item instanceof File ? item : item.kind === "file" && item.getAsFile();
+    if (file && (!file.type || file.type.startsWith("image/"))) return file;
+  }
+  return null;
+}
+
+function init() {
+  document.body.dataset.state = "idle";
+  $("api-key").value = sessionStorage.getItem("fcn-api-key") || "";
+  $("auth-form").addEventListener("submit", (e) => e.preventDefault());
+  $("api-key").addEventListener("change", () => {
+    sessionStorage.setItem("fcn-api-key", $("api-key").value.trim());
+    loadModel();
+  });
+  loadModel();
+  $("file").addEventListener("change", (e) => submit(e.target.files[0]));
+  const zone = $("dropzone");
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (e) => {
+      e.preventDefault();
+      zone.classList.add("active");
+    });
+  }
+  zone.addEventListener("dragleave", () => zone.classList.remove("active"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("active");
+    const file = firstImage(e.dataTransfer.files);
+    if (file) submit(file);
+    else showError("Drop an image file.");
+  });
+  document.addEventListener("paste", (e) => {
+    const file = firstImage(e.clipboardData && e.clipboardData.items);
+    if (file) submit(file);
+  });
+  $("opacity").addEventListener("input", () => {
+    $("opacity-value").textContent = `${$("opacity").value}%`;
+    if (state.result) drawOverlay();
+  });
+  for (const id of ["overlay", "labels"]) {
+    $(id).addEventListener("pointermove", showHover);
+    $(id).addEventListener("pointerdown", showHover);
+  }
+  $("download-png").addEventListener("click", () => download(state.result.png, `${baseName()}-labels.png`));
+  $("download-json").addEventListener("click", downloadJson);
+}
+
+init();
