@@ -1,0 +1,255 @@
+"""An asyncio dynamic batcher over shape buckets. It knows nothing of HTTP.
+
+Each image is padded to its bucket: its own (h, w) rounded up to a multiple of ``granularity`` (capped at
+``max_side``), filled with one fixed colour. The bucket depends only on the image itself and the pad
+colour is fixed, so an image's labels never depend on its batch-mates; only images of one bucket share a
+batch. One worker thread runs the backend, so the event loop (and health checks) stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.metrics import Metrics
+
+Shape = tuple[int, int]
+
+
+def bucket_shape(height: int, width: int, granularity: int, max_side: int) -> Shape:
+    """The padded (h, w) of an image: each side rounded up to ``granularity``, at most ``max_side``."""
+
+    def side(n: int) -> int:
+        return max(n, min(math.ceil(n / granularity) * granularity, max_side))
+
+    return side(height), side(width)
+
+
+def all_buckets(granularity: int, max_side: int) -> list[Shape]:
+    """Every bucket shape an image resized to ``max_side`` can land in."""
+    sides = sorted({min(k * granularity, max_side) for k in range(1, math.ceil(max_side / granularity) + 1)})
+    return [(h, w) for h in sides for w in sides]
+
+
+def pad_to(image: np.ndarray, shape: Shape, fill: Sequence[int]) -> np.ndarray:
+    """``image`` [h, w, 3] placed top-left in a [H, W, 3] array of colour ``fill``."""
+    height, width = image.shape[:2]
+    if (height, width) == shape:
+        return image
+    out = np.empty((*shape, 3), dtype=np.uint8)
+    out[...] = np.asarray(fill, dtype=np.uint8)
+    out[:height, :width] = image
+    return out
+
+
+class QueueFullError(Exception):
+    """The queue holds ``queue_size`` images already."""
+
+
+class DeadlineError(Exception):
+    """The request's deadline passed before it reached the model."""
+
+
+class InferenceError(Exception):
+    """The backend failed on the batch this request was in; ``cause`` names the exception class."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = type(cause).__name__
+
+
+class ShuttingDownError(Exception):
+    """The batcher stopped before the request ran."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One image's labels and how it was computed."""
+
+    labels: np.ndarray
+    batch_size: int
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(eq=False)
+class Job:
+    """One queued image: padded pixels, its valid size, deadline and the future its handler awaits."""
+
+    image: np.ndarray
+    size: Shape
+    deadline: float
+    enqueued: float
+    future: asyncio.Future[BatchResult]
+    started: bool = field(default=False)
+
+    @property
+    def bucket(self) -> Shape:
+        return self.image.shape[0], self.image.shape[1]
+
+
+class Batcher:
+    """Collects jobs into batches of one bucket: up to ``max_batch_size``, waiting at most ``max_delay_s``."""
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        queue_size: int,
+        metrics: Metrics,
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.queue_size = queue_size
+        self._metrics = metrics
+        self._pending: deque[Job] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task: asyncio.Task[None] | None = None
+        self._running: list[Job] = []
+        self.busy_since: float | None = None
+        """``time.monotonic()`` when the running batch started; None while idle."""
+
+    @property
+    def depth(self) -> int:
+        """Images waiting (not yet running)."""
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        """Stop the loop and fail the jobs still queued with ShuttingDownError."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in [*self._running, *self._pending]:
+            if not job.future.done():
+                job.future.set_exception(ShuttingDownError())
+        self._pending.clear()
+        self._metrics.queue_depth.set(0)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run_direct(self, images: np.ndarray) -> np.ndarray:
+        """Run the backend on the inference thread outside the queue (warm-up)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, images)
+
+    def submit(self, image: np.ndarray, size: Shape, deadline: float) -> Job:
+        """Queue a padded image; raises QueueFullError when ``queue_size`` images wait already."""
+        if len(self._pending) >= self.queue_size:
+            raise QueueFullError()
+        loop = asyncio.get_running_loop()
+        job = Job(image, size, deadline, loop.time(), loop.create_future())
+        self._pending.append(job)
+        self._metrics.queue_depth.set(len(self._pending))
+        self._wakeup.set()
+        return job
+
+    def discard(self, job: Job) -> bool:
+        """Remove a job that has not started (its client left or its deadline passed); True if removed."""
+        if job.started:
+            return False
+        with contextlib.suppress(ValueError):
+            self._pending.remove(job)
+        self._metrics.queue_depth.set(len(self._pending))
+        if not job.future.done():
+            job.future.cancel()
+        return True
+
+    def _expire(self, now: float) -> None:
+        """Fail queued jobs whose deadline passed, before they can reach the model."""
+        live: deque[Job] = deque()
+        for job in self._pending:
+            if job.future.done():
+                continue
+            if job.deadline <= now:
+                job.future.set_exception(DeadlineError())
+            else:
+                live.append(job)
+        self._pending = live
+        self._metrics.queue_depth.set(len(live))
+
+    def _take(self, bucket: Shape) -> list[Job]:
+        """Pop up to ``max_batch_size`` jobs of ``bucket`` in arrival order."""
+        batch: list[Job] = []
+        rest: deque[Job] = deque()
+        for job in self._pending:
+            if job.bucket == bucket and len(batch) < self.max_batch_size:
+                batch.append(job)
+            else:
+                rest.append(job)
+        self._pending = rest
+        self._metrics.queue_depth.set(len(rest))
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._expire(loop.time())
+            if not self._pending:
+                continue
+            head = self._pending[0]
+            waiting = sum(1 for job in self._pending if job.bucket == head.bucket)
+            remaining = head.enqueued + self.max_delay_s - loop.time()
+            if waiting < self.max_batch_size and remaining > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                continue
+            await self._execute(self._take(head.bucket))
+
+    def _forward(self, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        labels = self._run(np.stack(images))
+        return labels, time.perf_counter() - start
+
+    async def _execute(self, batch: list[Job]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for job in batch:
+            job.started = True
+            self._metrics.queue_seconds.observe(now - job.enqueued)
+        self._metrics.batch_size.observe(len(batch))
+        self._metrics.images.inc(len(batch))
+        self.busy_since = time.monotonic()
+        self._running = batch
+        try:
+            labels, seconds = await loop.run_in_executor(
+                self._executor, self._forward, [j.image for j in batch]
+            )
+            expected = (len(batch), *batch[0].bucket)
+            if labels.shape != expected:
+                raise ValueError(f"backend returned labels of shape {labels.shape}, expected {expected}")
+        except Exception as exc:
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(InferenceError(exc))
+            return
+        finally:
+            self.busy_since = None
+            self._running = []
+        self._metrics.inference_seconds.observe(seconds)
+        for index, job in enumerate(batch):
+            if job.future.done():
+                continue
+            height, width = job.size
+            result = BatchResult(labels[index, :height, :width], len(batch), now - job.enqueued, seconds)
+            job.future.set_result(result)

@@ -1,0 +1,137 @@
+"""Bytes -> RGB array (limits, header-only size check, EXIF, mode conversion, resize) and labels -> PNG."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from common.classes import flat_palette
+
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+
+
+class InputError(Exception):
+    """A request the client must fix; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """Collect a streamed body, failing with 413 as soon as it exceeds ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise InputError(413, f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and refuse unknown formats and oversized images before decoding."""
+    if not data:
+        raise InputError(400, f"empty image: send a {ACCEPTED_TEXT} file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(
+            413, f"image has too many pixels ({exc}); the limit is {max_pixels} pixels"
+        ) from None
+    except UnidentifiedImageError:
+        raise InputError(400, f"cannot decode the image: not a readable {ACCEPTED_TEXT} file") from None
+    except Exception as exc:  # PIL raises many types on corrupt headers
+        raise InputError(400, f"cannot decode the image header ({type(exc).__name__})") from None
+    if image.format not in ACCEPTED_FORMATS:
+        raise InputError(415, f"unsupported image format {image.format}; accepted: {ACCEPTED_TEXT}")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InputError(400, f"image has an invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise InputError(
+            413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any decoded mode to 8-bit RGB (alpha dropped, 16-bit scaled down, CMYK converted)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode an upload to ``uint8 [H, W, 3]`` RGB after EXIF orientation (first frame of animations)."""
+    image = _open(data, max_pixels)
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        rgb = _to_rgb(image)
+        array = np.asarray(rgb, dtype=np.uint8)
+    except InputError:
+        raise
+    except Exception as exc:  # truncated data, broken chunks, bad EXIF...
+        raise InputError(400, f"cannot decode the image: {_short(exc)}") from None
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise InputError(400, f"decoded image has an unexpected shape {array.shape}")
+    return array
+
+
+def _short(exc: Exception) -> str:
+    """A one-line description of a decoder error without paths or internals."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+
+
+def inference_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(h, w) with the long side at most ``max_side``, aspect kept, each side at least 1."""
+    long_side = max(height, width)
+    if long_side <= max_side:
+        return height, width
+    scale = max_side / long_side
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_rgb(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``uint8 [H, W, 3]`` to ``size`` = (h, w) with antialiased bilinear filtering."""
+    if array.shape[:2] == size:
+        return array
+    image = Image.fromarray(array).resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a ``uint8 [h, w]`` label map to ``size`` = (H, W) with nearest-neighbour sampling."""
+    if labels.shape == size:
+        return labels
+    image = Image.fromarray(labels).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def encode_label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
+    """A palette-mode PNG whose pixel values are the class indices, coloured with ``palette``."""
+    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
+    image.putpalette(flat_palette([tuple(c) for c in palette]))  # type: ignore[misc]
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=3)
+    return out.getvalue()

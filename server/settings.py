@@ -1,0 +1,82 @@
+"""All server configuration in one pydantic-settings object: ``FCN_*`` environment variables == CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "demo" / "fcn8s-demo.onnx"
+
+
+class Settings(BaseSettings):
+    """Server settings. Each field is the env var ``FCN_<NAME>`` and the flag ``--<name-with-dashes>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FCN_", extra="forbid", frozen=True)
+
+    model: Path = Field(DEFAULT_MODEL, description="model file: .onnx (ONNX Runtime) or .plan (TensorRT)")
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        "auto",
+        description="auto = TensorRT if a compatible engine and a GPU exist, else ORT CUDA, else ORT CPU",
+    )
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="most images in one forward pass")
+    max_delay_ms: float = Field(
+        5.0, ge=0, description="longest the oldest queued image waits for batch-mates"
+    )
+    queue_size: int = Field(64, ge=1, description="most images waiting for the model; beyond: reject")
+    queue_full_status: Literal[429, 503] = Field(429, description="status when the queue is full")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429/503")
+    deadline_ms: float = Field(30000.0, gt=0, description="per-request deadline from arrival (504 after)")
+    stall_timeout_s: float = Field(60.0, gt=0, description="a batch running longer makes /health/ready 503")
+
+    max_side: int = Field(512, ge=32, le=8192, description="inference runs with the long side at most this")
+    bucket: int = Field(32, ge=1, description="padded shape = own size rounded up to a multiple of this")
+    warmup: bool = Field(True, description="run every bucket shape once before reporting ready")
+
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="request body limit (413 beyond)")
+    max_pixels: int = Field(40_000_000, ge=1, description="decoded image pixel limit, from the header (413)")
+    max_form_parts: int = Field(4, ge=1, description="most parts accepted in a multipart body")
+    max_header_bytes: int = Field(16384, ge=1024, description="largest request head (h11 incomplete event)")
+
+    ort_intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = all cores)")
+    ort_inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
+
+    api_key: SecretStr | None = Field(None, description="if set, /segment and /v1/model need X-API-Key")
+    metrics_need_key: bool = Field(False, description="also require the API key on /metrics")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated allowed CORS origins (empty = CORS off)"
+    )
+
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: longest wait for in-flight requests")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["json", "text"] = Field("json", description="json = one JSON object per line")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.bucket > self.max_side:
+            raise ValueError(f"bucket ({self.bucket}) must not exceed max_side ({self.max_side})")
+        return self
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values, with the API key masked (for the start-up log)."""
+        data = self.model_dump(mode="json")
+        data["api_key"] = "***" if self.api_key else None
+        return data
