@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
@@ -128,7 +128,7 @@ class Service:
         return None
 
     async def drain(self, timeout_s: float) -> bool:
-        """Stop admitting requests and wait (at most ``timeout_s``) for in-flight ones; True if all finished."""
+        """Stop admitting requests; wait at most ``timeout_s`` for in-flight ones. True if all finished."""
         self.draining = True
         end = time.monotonic() + timeout_s
         while self.inflight > 0 and time.monotonic() < end:
@@ -136,7 +136,7 @@ class Service:
         return self.inflight == 0
 
 
-# ---- response models (documentation of the API in /openapi.json) ---------------------------------------
+# ---- response models (documentation of the API in /openapi.json) -----------------------------------------
 
 
 class RLE(BaseModel):
@@ -202,11 +202,11 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-# ---- middleware --------------------------------------------------------------------------------------------
+# ---- middleware ------------------------------------------------------------------------------------------
 
 
 class RequestIdMiddleware:
-    """Gives every HTTP request an id (the client's X-Request-ID if sane), echoes it, logs one line per request."""
+    """Gives each request an id (the client's X-Request-ID if sane), echoes it, logs one line per request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -256,7 +256,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "invalid request parameters: " + "; ".join(parts) + " (format accepts png or json)"
 
 
-# ---- the application ------------------------------------------------------------------------------------------
+# ---- the application -------------------------------------------------------------------------------------
 
 
 def create_app(settings: Settings, backend_loader: BackendLoader = load_backend) -> FastAPI:
@@ -393,7 +393,9 @@ def create_app(settings: Settings, backend_loader: BackendLoader = load_backend)
     )
     async def segment(
         request: Request,
-        format: OutputFormat | None = Query(None, description="png or json; default from Accept, else png"),
+        format: Annotated[
+            OutputFormat | None, Query(description="png or json; default from Accept, else png")
+        ] = None,
     ) -> Response:
         """Segment one image: multipart field ``image`` or a raw ``image/*`` body."""
         started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Which backend to load (``auto``: TensorRT with a compatible engine and a GPU, else ORT CUDA, else ORT CPU)."""
+"""Backend choice. ``auto``: TensorRT with a compatible engine and a GPU, else ORT CUDA, else ORT CPU."""
 
 from __future__ import annotations
 
