@@ -143,30 +143,31 @@ def _bomb_png() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def _raw(body: object, content_type: str = "image/png", **extra: object) -> dict[str, object]:
+    return {"content": body, "headers": {"content-type": content_type}, **extra}
+
+
 def _error_cases() -> list[tuple[str, dict[str, object], int, str]]:
     good = png_bytes(random_image(40, 40, seed=12))
     big_pixels = png_bytes(np.zeros((1100, 1000, 3), dtype=np.uint8))  # 1.1 MP > 1 MP, small file
     huge = b"\x00" * 400_000
+    ppm = b"P6\n2 2\n255\n" + bytes(12)
+    two_files = [("image", ("a.png", good, "image/png")), ("image", ("b.png", good, "image/png"))]
     return [
-        ("empty body", {"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty"),
-        ("text file", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "content type"),
+        ("empty body", _raw(b""), 400, "empty"),
+        ("text file", _raw(b"hello", "text/plain"), 415, "content type"),
         ("no content type", {"content": good}, 415, "image/*"),
-        ("random bytes", {"content": b"\x01\x02" * 100, "headers": {"content-type": "image/png"}}, 400, "decode"),
-        ("truncated png", {"content": good[: len(good) // 2], "headers": {"content-type": "image/png"}}, 400, "decode"),
-        ("pixel bomb header", {"content": _bomb_png(), "headers": {"content-type": "image/png"}}, 413, "pixels"),
-        ("over pixel limit", {"content": big_pixels, "headers": {"content-type": "image/png"}}, 413, "pixels"),
-        ("over byte limit", {"content": huge, "headers": {"content-type": "image/png"}}, 413, "bytes"),
-        (
-            "over byte limit, chunked",
-            {"content": iter([huge[:100_000]] * 4), "headers": {"content-type": "image/png"}},
-            413,
-            "bytes",
-        ),
-        ("bad format value", {"content": good, "headers": {"content-type": "image/png"}, "params": {"format": "xml"}}, 422, "png or json"),
+        ("random bytes", _raw(b"\x01\x02" * 100), 400, "decode"),
+        ("truncated png", _raw(good[: len(good) // 2]), 400, "decode"),
+        ("pixel bomb header", _raw(_bomb_png()), 413, "pixels"),
+        ("over pixel limit", _raw(big_pixels), 413, "pixels"),
+        ("over byte limit", _raw(huge), 413, "bytes"),
+        ("over byte limit, chunked", _raw(iter([huge[:100_000]] * 4)), 413, "bytes"),
+        ("bad format value", _raw(good, params={"format": "xml"}), 422, "png or json"),
         ("wrong field name", {"files": {"file": ("a.png", good, "image/png")}}, 422, "'image'"),
-        ("two files", {"files": [("image", ("a.png", good, "image/png")), ("image", ("b.png", good, "image/png"))]}, 422, "exactly one"),
-        ("unsupported format", {"content": b"P6\n2 2\n255\n" + bytes(12), "headers": {"content-type": "image/x-portable-pixmap"}}, 415, "PPM"),
-    ]  # fmt: skip
+        ("two files", {"files": two_files}, 422, "exactly one"),
+        ("unsupported format", _raw(ppm, "image/x-portable-pixmap"), 415, "PPM"),
+    ]
 
 
 @pytest.mark.parametrize("case", _error_cases(), ids=lambda c: c[0])

@@ -1,0 +1,79 @@
+"""In-process tests of the app factory: API key, CORS, readiness before warm-up, format negotiation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from common.metadata import Normalization
+from server.app import choose_format, create_app, neutral_colour
+from server.settings import Settings
+from tests.server.conftest import png_bytes, random_image
+from tests.server.server_fakes import FakeBackend
+
+
+def _client(**settings: object) -> Iterator[TestClient]:
+    app = create_app(Settings(max_side=128, bucket=64, **settings), backend_loader=lambda _: FakeBackend())
+    with TestClient(app) as client:
+        end = time.monotonic() + 10
+        while client.get("/health/ready").status_code != 200 and time.monotonic() < end:
+            time.sleep(0.02)
+        yield client
+
+
+@pytest.fixture
+def keyed() -> Iterator[TestClient]:
+    yield from _client(api_key="s3cret", cors_origins="https://app.example")
+
+
+def test_api_key_guards_segment_and_model_but_not_health(keyed: TestClient) -> None:
+    body, headers = png_bytes(random_image(16, 16)), {"content-type": "image/png"}
+    missing = keyed.post("/segment", content=body, headers=headers)
+    assert missing.status_code == 401 and "X-API-Key" in missing.json()["detail"]
+    assert keyed.post("/segment", content=body, headers={**headers, "X-API-Key": "wrong"}).status_code == 401
+    assert keyed.post("/segment", content=body, headers={**headers, "X-API-Key": "s3cret"}).status_code == 200
+    assert keyed.get("/v1/model").status_code == 401
+    assert keyed.get("/health/live").status_code == 200 and keyed.get("/health/ready").status_code == 200
+    assert keyed.get("/metrics").status_code == 200
+
+
+def test_cors_only_for_configured_origins(keyed: TestClient) -> None:
+    allowed = keyed.get("/health/live", headers={"Origin": "https://app.example"})
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-batch-size" in allowed.headers["access-control-expose-headers"].lower()
+    other = keyed.get("/health/live", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+    for client in _client():
+        plain = client.get("/health/live", headers={"Origin": "https://app.example"})
+        assert "access-control-allow-origin" not in plain.headers
+
+
+def test_metrics_key_when_configured() -> None:
+    for client in _client(api_key="k", metrics_need_key=True):
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"X-API-Key": "k"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "accept", "expected"),
+    [
+        (None, None, "png"),
+        (None, "application/json", "json"),
+        (None, "image/png", "png"),
+        (None, "image/png;q=0.5, application/json", "json"),
+        (None, "application/json;q=0.2, image/png", "png"),
+        (None, "text/html, */*", "png"),
+        ("png", "application/json", "png"),
+        ("json", "image/png", "json"),
+    ],
+)
+def test_choose_format(query: str | None, accept: str | None, expected: str) -> None:
+    assert choose_format(query, accept) == expected  # type: ignore[arg-type]
+
+
+def test_pad_colour_is_the_normalisation_mean() -> None:
+    assert neutral_colour(Normalization()) == (124, 116, 104)
+    assert neutral_colour(Normalization.caffe()) == (123, 117, 104)
