@@ -1,0 +1,271 @@
+"""End to end: the web page at ``GET /`` in headless Chromium against a real server process.
+
+The page must show exactly the label map the API returns (read back pixel for pixel from its canvases),
+the classes the API's JSON lists, the request's timings, and the API's own message when a request fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.synth import make_scene, scene_rng
+
+pytestmark = pytest.mark.browser
+
+SCENE_SEED = 8
+SCENE_SIZE = (176, 240)  # (h, w): near the training scenes' size and within the server's max_side
+
+READ_CANVAS = """(id) => {
+  const canvas = document.getElementById(id);
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let text = "";
+  for (let i = 0; i < data.length; i += 8192) text += String.fromCharCode(...data.subarray(i, i + 8192));
+  return { width: canvas.width, height: canvas.height, rgba: btoa(text) };
+}"""
+
+FILE_FROM_BASE64 = """(b64, name, type) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, { type }));
+  return transfer;
+}"""
+
+DROP = f"""([b64, name, type]) => {{
+  const transfer = ({FILE_FROM_BASE64})(b64, name, type);
+  const zone = document.getElementById("dropzone");
+  for (const kind of ["dragenter", "dragover", "drop"]) {{
+    zone.dispatchEvent(new DragEvent(kind, {{ dataTransfer: transfer, bubbles: true, cancelable: true }}));
+  }}
+}}"""
+
+PASTE = f"""([b64, name, type]) => {{
+  const transfer = ({FILE_FROM_BASE64})(b64, name, type);
+  document.dispatchEvent(new ClipboardEvent("paste", {{ clipboardData: transfer, bubbles: true }}));
+}}"""
+
+
+# ---------- inputs and the API's answers ----------
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[bytes, np.ndarray]:
+    """A synthetic scene (PNG bytes) with at least two object classes, and its ground-truth labels."""
+    for index in range(50):
+        image, truth = make_scene(scene_rng(SCENE_SEED, index), *SCENE_SIZE)
+        if len(set(np.unique(truth).tolist()) - {0, 255}) >= 2:
+            out = io.BytesIO()
+            Image.fromarray(image).save(out, format="PNG")
+            return out.getvalue(), truth
+    raise AssertionError("no scene with two object classes in 50 tries")
+
+
+@pytest.fixture(scope="module")
+def model_info(server: Any) -> dict[str, Any]:
+    response = httpx.get(f"{server.url}/v1/model", timeout=10)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def api_segment(server: Any, data: bytes, fmt: str) -> httpx.Response:
+    files = {"image": ("scene.png", data, "image/png")}
+    return httpx.post(f"{server.url}/segment", params={"format": fmt}, files=files, timeout=60)
+
+
+def api_labels(server: Any, data: bytes) -> tuple[np.ndarray, list[tuple[int, ...]], httpx.Response]:
+    """The API's label map (class ids), the PNG's palette and the response."""
+    response = api_segment(server, data, "png")
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(response.content))
+    assert image.mode == "P"
+    flat = image.getpalette() or []
+    return np.asarray(image), [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)], response
+
+
+def noise_png(min_bytes: int) -> bytes:
+    """A PNG of random pixels (incompressible), longer than ``min_bytes``."""
+    side = int(np.sqrt(min_bytes / 3)) + 16
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+# ---------- reading the page ----------
+
+
+def canvas_rgb(page: Any, canvas_id: str) -> np.ndarray:
+    """A canvas's pixels as uint8 [H, W, 3]."""
+    got = page.evaluate(READ_CANVAS, canvas_id)
+    rgba = np.frombuffer(base64.b64decode(got["rgba"]), dtype=np.uint8)
+    return rgba.reshape(got["height"], got["width"], 4)[..., :3]
+
+
+def colours_to_ids(rgb: np.ndarray, palette: list[tuple[int, ...]], num_classes: int) -> np.ndarray:
+    """Each pixel's class id, found from its colour through the palette (-1 = no class has that colour)."""
+    keys = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette[:num_classes])}
+    assert len(table) == num_classes, "palette colours must be distinct to read class ids back"
+    ids = np.full(keys.shape, -1, dtype=np.int64)
+    for key, class_id in table.items():
+        ids[keys == key] = class_id
+    return ids
+
+
+def interior(mask: np.ndarray, margin: int = 3) -> np.ndarray:
+    """Pixels of ``mask`` whose whole (2 * margin + 1)² neighbourhood is in the mask."""
+    inner = mask.copy()
+    for dy in range(-margin, margin + 1):
+        for dx in range(-margin, margin + 1):
+            inner &= np.roll(mask, (dy, dx), axis=(0, 1))
+    inner[:margin] = inner[-margin:] = False
+    inner[:, :margin] = inner[:, -margin:] = False
+    return inner
+
+
+def upload(page: Any, data: bytes, tmp_path: Path, name: str = "scene.png") -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    page.set_input_files("#file", str(path))
+
+
+def wait_for(page: Any, state: str) -> None:
+    page.wait_for_selector(f"body[data-state={state}]", timeout=60_000)
+
+
+# ---------- tests ----------
+
+
+def test_page_shows_the_api_label_map(
+    page: Any, server: Any, scene: tuple[bytes, np.ndarray], model_info: dict[str, Any], tmp_path: Path
+) -> None:
+    data, truth = scene
+    expected, palette, api_response = api_labels(server, data)
+    classes = api_segment(server, data, "json").json()["classes"]
+    names = {c["id"]: c["name"] for c in classes}
+    num_classes = len(model_info["classes"])
+    upload(page, data, tmp_path)
+    wait_for(page, "done")
+
+    # The label map alone, and the overlay at full opacity, carry exactly the API's class ids.
+    np.testing.assert_array_equal(colours_to_ids(canvas_rgb(page, "labels"), palette, num_classes), expected)
+    page.get_by_label("Overlay opacity in percent").fill("100")
+    np.testing.assert_array_equal(colours_to_ids(canvas_rgb(page, "overlay"), palette, num_classes), expected)
+    # At zero opacity the overlay is the input image itself.
+    page.get_by_label("Overlay opacity in percent").fill("0")
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+    assert np.abs(canvas_rgb(page, "overlay").astype(np.int16) - rgb).mean() < 2.0
+    page.get_by_label("Overlay opacity in percent").fill("60")
+    assert page.locator("#opacity-value").inner_text() == "60%"
+
+    # Legend: exactly the classes of the API's JSON answer, with their names and pixel shares.
+    items = page.locator("#legend li")
+    legend = {
+        int(item.get_attribute("data-class-id")): (
+            item.locator(".name").inner_text(),
+            float(item.locator(".share").inner_text().rstrip("%")),
+        )
+        for item in items.all()
+    }
+    assert set(legend) == set(names) == set(np.unique(expected).tolist())
+    for entry in classes:
+        assert legend[entry["id"]][0] == entry["name"]
+        assert legend[entry["id"]][1] == pytest.approx(100 * entry["fraction"], abs=0.051)
+
+    # Hovering names the class under the pointer.
+    box = page.locator("#labels").bounding_box()
+    height, width = expected.shape
+    for class_id, name in names.items():
+        ys, xs = np.nonzero(interior(expected == class_id))
+        if ys.size == 0:
+            continue
+        y, x = int(ys[ys.size // 2]), int(xs[ys.size // 2])
+        page.mouse.move(
+            box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
+        )
+        hover = re.fullmatch(r"\((\d+), (\d+)\): (.+)", page.locator("#hover").inner_text())
+        assert hover is not None
+        assert abs(int(hover[1]) - x) <= 1 and abs(int(hover[2]) - y) <= 1
+        assert hover[3] == name
+
+    # The timings come from the response headers; the model line from /v1/model.
+    terms = page.locator("#timings dt").all_inner_texts()
+    timings = dict(zip(terms, page.locator("#timings dd").all_inner_texts(), strict=True))
+    assert timings["Model"] == api_response.headers["X-Model"]
+    assert int(timings["Batch size"]) >= 1
+    assert re.fullmatch(r"\d+(\.\d+)? ms", timings["Queue"])
+    assert re.fullmatch(r"\d+(\.\d+)? ms", timings["Inference"])
+    assert timings["Image"] == f"{width} × {height}"
+    model_line = page.locator("#model").inner_text()
+    assert model_info["name"] in model_line and model_info["backend"] in model_line
+
+    page.screenshot(path=str(tmp_path / "web-page.png"), full_page=True)
+    assert Image.open(tmp_path / "web-page.png").width == 1280
+
+    if "FCN_MODEL" not in os.environ:  # the demo model is trained on such scenes: the page shows the truth
+        valid = truth != 255
+        assert (expected[valid] == truth[valid]).mean() >= 0.8
+
+
+def test_downloads_are_the_api_answers(
+    page: Any, server: Any, scene: tuple[bytes, np.ndarray], tmp_path: Path
+) -> None:
+    data, _ = scene
+    expected, _, _ = api_labels(server, data)
+    upload(page, data, tmp_path)
+    wait_for(page, "done")
+
+    with page.expect_download() as png_download:
+        page.get_by_role("button", name="Download label PNG").click()
+    assert png_download.value.suggested_filename == "scene-labels.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(png_download.value.path())), expected)
+
+    with page.expect_download() as json_download:
+        page.get_by_role("button", name="Download JSON").click()
+    assert json_download.value.suggested_filename == "scene-labels.json"
+    answer = json.loads(Path(json_download.value.path()).read_text())
+    assert (answer["height"], answer["width"]) == expected.shape
+    assert sorted(c["id"] for c in answer["classes"]) == np.unique(expected).tolist()
+
+
+def test_api_errors_are_shown_as_the_api_message(page: Any, server: Any, tmp_path: Path) -> None:
+    big = noise_png(server.max_body_bytes)
+    response = api_segment(server, big, "png")
+    assert response.status_code == 413
+    page.evaluate(DROP, [base64.b64encode(big).decode(), "big.png", "image/png"])
+    wait_for(page, "error")
+    # The same message as the API's, but for the body size (the browser's multipart boundary differs).
+    shown = page.get_by_role("alert").inner_text()
+    assert re.sub(r"\d+", "N", shown) == re.sub(r"\d+", "N", f"{response.json()['detail']} (HTTP 413)")
+    assert page.locator("#result").is_hidden()
+
+    garbage = b"this is not an image"
+    response = api_segment(server, garbage, "png")
+    assert response.status_code == 400
+    upload(page, garbage, tmp_path, name="notes.png")
+    page.wait_for_function("document.getElementById('error').textContent.includes('HTTP 400')")
+    assert page.get_by_role("alert").inner_text() == f"{response.json()['detail']} (HTTP 400)"
+
+
+def test_paste_on_a_phone_width_screen(page: Any, scene: tuple[bytes, np.ndarray], tmp_path: Path) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    data, _ = scene
+    page.evaluate(PASTE, [base64.b64encode(data).decode(), "pasted.png", "image/png"])
+    wait_for(page, "done")
+    assert page.locator("#legend li").count() >= 2
+    # Nothing wider than the screen; the two views stack.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    overlay, labels = page.locator("#overlay").bounding_box(), page.locator("#labels").bounding_box()
+    assert labels["y"] >= overlay["y"] + overlay["height"]
+    assert overlay["width"] <= 390
+    page.screenshot(path=str(tmp_path / "web-page-phone.png"), full_page=True)
