@@ -1,0 +1,89 @@
+"""Backend selection (auto / explicit, engine vs ONNX, GPU or not) and the TensorRT refusals on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.backends.base import BackendError
+from server.backends.select import Choice, Environment, choose, load_backend
+from server.settings import Settings
+
+CPU = Environment(gpu=False, tensorrt=False, ort_cuda=False)
+CPU_WITH_ORT_GPU = Environment(gpu=False, tensorrt=False, ort_cuda=True)  # onnxruntime-gpu on a CPU box
+GPU_ORT = Environment(gpu=True, tensorrt=False, ort_cuda=True)
+GPU_TRT = Environment(gpu=True, tensorrt=True, ort_cuda=True)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    onnx, plan, lone_plan = tmp_path / "m.onnx", tmp_path / "m.plan", tmp_path / "lone.plan"
+    for path in (onnx, plan, lone_plan):
+        path.write_bytes(b"x")
+    return {"onnx": onnx, "plan": plan, "lone_plan": lone_plan, "bare_onnx": tmp_path / "other.onnx"}
+
+
+@pytest.mark.parametrize(
+    ("model", "backend", "env", "expected"),
+    [
+        ("onnx", "auto", CPU, Choice("onnxruntime", Path("m.onnx"), use_cuda=False)),
+        ("onnx", "auto", CPU_WITH_ORT_GPU, Choice("onnxruntime", Path("m.onnx"), use_cuda=False)),
+        ("onnx", "auto", GPU_ORT, Choice("onnxruntime", Path("m.onnx"), use_cuda=True)),
+        ("onnx", "auto", GPU_TRT, Choice("tensorrt", Path("m.plan"))),  # compatible engine beside the ONNX
+        ("bare_onnx", "auto", GPU_TRT, Choice("onnxruntime", Path("other.onnx"), use_cuda=True)),
+        ("plan", "auto", CPU, Choice("onnxruntime", Path("m.onnx"), use_cuda=False)),  # engine needs a GPU
+        ("plan", "auto", GPU_TRT, Choice("tensorrt", Path("m.plan"))),
+        ("onnx", "onnxruntime", GPU_TRT, Choice("onnxruntime", Path("m.onnx"), use_cuda=True)),
+        ("plan", "tensorrt", GPU_TRT, Choice("tensorrt", Path("m.plan"))),
+    ],
+)
+def test_choose(files: dict[str, Path], model: str, backend: str, env: Environment, expected: Choice) -> None:
+    choice = choose(Settings(model=files[model], backend=backend), env)
+    assert (choice.backend, choice.path.name, choice.use_cuda) == (
+        expected.backend,
+        expected.path.name,
+        expected.use_cuda,
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "backend", "env", "phrase"),
+    [
+        ("plan", "tensorrt", CPU, "needs an NVIDIA GPU"),
+        ("onnx", "tensorrt", GPU_TRT, "needs a TensorRT engine"),
+        ("plan", "onnxruntime", CPU, "needs an .onnx model"),
+        ("lone_plan", "auto", CPU, "needs an NVIDIA GPU"),
+    ],
+)
+def test_choose_refuses_with_reason(
+    files: dict[str, Path], model: str, backend: str, env: Environment, phrase: str
+) -> None:
+    with pytest.raises(BackendError, match=phrase):
+        choose(Settings(model=files[model], backend=backend), env)
+
+
+def test_tensorrt_engine_is_refused_on_this_cpu_machine(files: dict[str, Path]) -> None:
+    """The real TensorRT backend refuses a (fake) engine here with one clear line, never a crash."""
+    from server.backends.tensorrt import TensorRTBackend
+
+    with pytest.raises(BackendError) as refused:
+        TensorRTBackend(files["lone_plan"])
+    message = str(refused.value)
+    assert "\n" not in message and ("TensorRT" in message or "GPU" in message or "sidecar" in message)
+
+
+def test_load_backend_reports_missing_and_invalid_models(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="not found"):
+        load_backend(Settings(model=tmp_path / "absent.onnx"), CPU)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(BackendError, match="cannot load ONNX model"):
+        load_backend(Settings(model=junk), CPU)
+
+
+def test_probe_sees_no_gpu_here() -> None:
+    env = Environment.probe()
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("this machine has a GPU")
+    assert env.gpu is False
