@@ -1,0 +1,44 @@
+"""Shared fixtures of the export tests: a small random FCN-8s checkpoint and its verified ONNX export."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from export_helpers import WIDTH, random_model
+
+from common.metadata import ModelMetadata, Normalization
+from training.weights import save_checkpoint
+
+
+@dataclass(frozen=True)
+class Exported:
+    checkpoint: Path
+    onnx: Path
+    log: str
+    returncode: int
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    metadata = ModelMetadata(
+        architecture="fcn8s", width=WIDTH, normalization=Normalization.caffe(), name="tiny"
+    )
+    save_checkpoint(path, random_model(), metadata)
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """``python -m export.onnx --checkpoint ... --out ...`` run in-process with its default check shapes."""
+    from export.onnx import main
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        code = main(["--checkpoint", str(checkpoint), "--out", str(out)])
+    return Exported(checkpoint, out, buffer.getvalue(), code)
