@@ -180,11 +180,12 @@ function drawOverlay() {
 
 function drawLegend() {
   const { labels } = state.result;
-  const counts = new Map();
-  for (const id of labels) counts.set(id, (counts.get(id) || 0) + 1);
+  const histogram = new Uint32Array(256);
+  for (let i = 0; i < labels.length; i++) histogram[labels[i]]++;
+  const present = [...histogram.keys()].filter((id) => histogram[id] > 0);
   const legend = $("legend");
   legend.replaceChildren();
-  for (const [id, count] of [...counts].sort((p, q) => q[1] - p[1])) {
+  for (const [id, count] of present.map((id) => [id, histogram[id]]).sort((p, q) => q[1] - p[1])) {
     const item = document.createElement("li");
     item.dataset.classId = String(id);
     const swatch = document.createElement("span");
@@ -313,12 +314,11 @@ async function downloadJson() {
   }
 }
 
-function firstImage(items) {
+function pastedImage(items) {
   for (const item of items || []) {
-    const file = item instanceof File ? item : item.kind === "file" && item.getAsFile();
-    if (file && (!file.type || file.type.startsWith("image/"))) return file;
+    if (item.kind === "file" && item.type.startsWith("image/")) return item.getAsFile();
   }
-  return null;
+  return null; // pasted text is not for us
 }
 
 function init() {
@@ -330,24 +330,30 @@ function init() {
     loadModel();
   });
   loadModel();
-  $("file").addEventListener("change", (e) => submit(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    submit(e.target.files[0]);
+    e.target.value = ""; // choosing the same file again still fires "change"
+  });
+  // The whole page takes drops (a file dropped elsewhere would otherwise replace the page).
   const zone = $("dropzone");
   for (const name of ["dragenter", "dragover"]) {
-    zone.addEventListener(name, (e) => {
+    document.addEventListener(name, (e) => {
       e.preventDefault();
       zone.classList.add("active");
     });
   }
-  zone.addEventListener("dragleave", () => zone.classList.remove("active"));
-  zone.addEventListener("drop", (e) => {
+  document.addEventListener("dragleave", (e) => {
+    if (!e.relatedTarget) zone.classList.remove("active");
+  });
+  document.addEventListener("drop", (e) => {
     e.preventDefault();
     zone.classList.remove("active");
-    const file = firstImage(e.dataTransfer.files);
+    // Any file goes to the API, which says what it accepts when it refuses one.
+    const file = e.dataTransfer && e.dataTransfer.files[0];
     if (file) submit(file);
-    else showError("Drop an image file.");
   });
   document.addEventListener("paste", (e) => {
-    const file = firstImage(e.clipboardData && e.clipboardData.items);
+    const file = pastedImage(e.clipboardData && e.clipboardData.items);
     if (file) submit(file);
   });
   $("opacity").addEventListener("input", () => {

@@ -77,8 +77,10 @@ def model_info(server: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
-def api_segment(server: Any, data: bytes, fmt: str) -> httpx.Response:
-    files = {"image": ("scene.png", data, "image/png")}
+def api_segment(
+    server: Any, data: bytes, fmt: str, name: str = "scene.png", media_type: str = "image/png"
+) -> httpx.Response:
+    files = {"image": (name, data, media_type)}
     return httpx.post(f"{server.url}/segment", params={"format": fmt}, files=files, timeout=60)
 
 
@@ -141,6 +143,14 @@ def upload(page: Any, data: bytes, tmp_path: Path, name: str = "scene.png") -> N
 
 def wait_for(page: Any, state: str) -> None:
     page.wait_for_selector(f"body[data-state={state}]", timeout=60_000)
+
+
+def shown_error(page: Any, status: int) -> str:
+    """The page's error message, once it shows one for HTTP ``status``."""
+    page.wait_for_function(f"document.getElementById('error').textContent.endsWith('(HTTP {status})')")
+    alert = page.get_by_role("alert")
+    assert alert.is_visible()
+    return str(alert.inner_text())
 
 
 # ---------- tests ----------
@@ -238,23 +248,37 @@ def test_downloads_are_the_api_answers(
     assert sorted(c["id"] for c in answer["classes"]) == np.unique(expected).tolist()
 
 
-def test_api_errors_are_shown_as_the_api_message(page: Any, server: Any, tmp_path: Path) -> None:
+def test_api_errors_are_shown_as_the_api_message(
+    page: Any, server: Any, scene: tuple[bytes, np.ndarray], tmp_path: Path
+) -> None:
+    upload(page, scene[0], tmp_path)
+    wait_for(page, "done")
+    assert page.locator("#result").is_visible()
+
+    # Too large (dropped): the API's message, but for the body size (the browser's multipart differs).
     big = noise_png(server.max_body_bytes)
     response = api_segment(server, big, "png")
     assert response.status_code == 413
     page.evaluate(DROP, [base64.b64encode(big).decode(), "big.png", "image/png"])
-    wait_for(page, "error")
-    # The same message as the API's, but for the body size (the browser's multipart boundary differs).
-    shown = page.get_by_role("alert").inner_text()
+    shown = shown_error(page, 413)
     assert re.sub(r"\d+", "N", shown) == re.sub(r"\d+", "N", f"{response.json()['detail']} (HTTP 413)")
-    assert page.locator("#result").is_hidden()
+    assert page.locator("#result").is_hidden()  # no stale result under the error
 
-    garbage = b"this is not an image"
-    response = api_segment(server, garbage, "png")
-    assert response.status_code == 400
-    upload(page, garbage, tmp_path, name="notes.png")
-    page.wait_for_function("document.getElementById('error').textContent.includes('HTTP 400')")
-    assert page.get_by_role("alert").inner_text() == f"{response.json()['detail']} (HTTP 400)"
+    # Undecodable (chosen) and unsupported (dropped): exactly the API's message.
+    ppm = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(ppm, format="PPM")
+    cases = [
+        (400, b"this is not an image", "notes.png", "image/png"),
+        (415, ppm.getvalue(), "tiny.ppm", "image/x-portable-pixmap"),
+    ]
+    for status, data, name, media_type in cases:
+        response = api_segment(server, data, "png", name=name, media_type=media_type)
+        assert response.status_code == status
+        if name.endswith(".png"):
+            upload(page, data, tmp_path, name=name)
+        else:
+            page.evaluate(DROP, [base64.b64encode(data).decode(), name, media_type])
+        assert shown_error(page, status) == f"{response.json()['detail']} (HTTP {status})"
 
 
 def test_paste_on_a_phone_width_screen(page: Any, scene: tuple[bytes, np.ndarray], tmp_path: Path) -> None:
