@@ -1,0 +1,83 @@
+"""The real ONNX Runtime path: a tiny exported FCN-8s behind a real server process, and the demo model."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.server.conftest import ServerProcess, png_bytes, random_image
+
+
+def _labels(server: ServerProcess, body: bytes) -> tuple[np.ndarray, httpx.Response]:
+    response = httpx.post(
+        server.url + "/segment", content=body, headers={"content-type": "image/png"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content))), response
+
+
+def test_model_info_reports_onnxruntime_cpu(onnx_server: ServerProcess) -> None:
+    info = httpx.get(onnx_server.url + "/v1/model").json()
+    assert (info["backend"], info["provider"], info["precision"]) == (
+        "onnxruntime",
+        "CPUExecutionProvider",
+        "fp32",
+    )
+    assert info["name"] == "tiny-random" and len(info["classes"]) == 21
+
+
+def test_same_image_alone_and_in_a_mixed_batch_gives_identical_labels(onnx_server: ServerProcess) -> None:
+    target = png_bytes(random_image(90, 110, seed=3))  # bucket 96x128
+    alone, _ = _labels(onnx_server, target)
+    assert len(np.unique(alone)) > 1, "the random model should predict several classes"
+    mates = [png_bytes(random_image(70 + 5 * i, 100 + 3 * i, seed=10 + i)) for i in range(6)]  # same bucket
+    mates += [png_bytes(random_image(40, 60, seed=30)), png_bytes(random_image(128, 33, seed=31))]  # others
+    seen_batch = 1
+    for _ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(len(mates) + 1) as pool:
+            results = list(
+                pool.map(lambda body: _labels(onnx_server, body), [*mates[:3], target, *mates[3:]])
+            )
+        labels, response = results[3]
+        np.testing.assert_array_equal(labels, alone)
+        seen_batch = max(seen_batch, int(response.headers["x-batch-size"]))
+        if seen_batch > 1:
+            break
+    assert seen_batch > 1, "the target never shared a batch"
+
+
+def test_served_labels_equal_a_direct_forward_at_the_bucket_size(
+    onnx_server: ServerProcess, tiny_onnx
+) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    from server.batcher import bucket_shape, pad_to
+
+    image = random_image(64, 96, seed=5)  # already bucket-aligned at bucket 32: no padding
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    direct = session.run(["labels"], {"image": image[None]})[0][0]
+    served, _ = _labels(onnx_server, png_bytes(image))
+    np.testing.assert_array_equal(served, direct)
+    odd = random_image(50, 70, seed=6)  # padded to 64x96 with the neutral colour, then cropped
+    padded = pad_to(odd, bucket_shape(50, 70, 32, 128), (124, 116, 104))
+    expected = session.run(["labels"], {"image": padded[None]})[0][0, :50, :70]
+    np.testing.assert_array_equal(_labels(onnx_server, png_bytes(odd))[0], expected)
+
+
+@pytest.mark.slow
+def test_demo_model_mean_iu_on_synthetic_scenes(demo_server: ServerProcess) -> None:
+    synth = pytest.importorskip("training.synth", reason="training.synth provides the scenes")
+    from training.metrics import ConfusionMeter
+
+    meter = ConfusionMeter(21)
+    for index in range(8):
+        image, truth = synth.make_scene(synth.scene_rng(1234, index), 240, 320)
+        served, _ = _labels(demo_server, png_bytes(image))
+        meter.update(truth, served)
+    mean_iu = meter.scores().mean_iu
+    assert mean_iu >= 0.8, f"mean IU of the served labels {mean_iu:.3f} < 0.8"
