@@ -1,0 +1,160 @@
+"""Static checks of the deployment files: hadolint, `docker compose config` per profile, k8s schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from server.settings import Settings
+
+from .helpers import COMPOSE_FILE, DOCKERFILES, K8S_DIR, REPO_ROOT, TEST_OVERRIDE, clean_env, run, tool
+
+# Settings the compose file sets itself rather than passing through from the host environment.
+COMPOSE_SET = {"FCN_HOST", "FCN_PORT"}
+SETTING_VARS = {f"FCN_{name.upper()}" for name in Settings.model_fields}
+
+
+def compose_config(*args: str, **env: str) -> dict:
+    """`docker compose [args] config --format json` of the repo's compose file, as a dict."""
+    cmd = [tool("docker-compose"), "-f", str(COMPOSE_FILE), *args, "config", "--format", "json"]
+    result = run(cmd, cwd=REPO_ROOT, env=clean_env(**env))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def gpu_devices(service: dict) -> list[dict]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_passes(dockerfile):
+    result = run([tool("hadolint"), str(dockerfile)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_shape(dockerfile):
+    """Base image is a build ARG, multi-stage, non-root numeric user, health check on /health/ready."""
+    text = dockerfile.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=\S+", text, re.M)
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert len(froms) >= 2 and all(f == "${BASE_IMAGE}" for f in froms)
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert re.search(r"^HEALTHCHECK .*docker/healthcheck.py", text, re.M)
+    assert "/health/ready" in (REPO_ROOT / "docker" / "healthcheck.py").read_text()
+    final = text[text.rindex("\nFROM ") :]
+    assert "pip install" not in final and "apt-get" not in final, "installs belong in the deps stage"
+    assert "COPY --from=deps /opt/venv /opt/venv" in final
+    # dependency layers before code layers
+    assert final.index("COPY --from=deps") < final.index("COPY server/")
+
+
+def test_gpu_image_replaces_onnxruntime():
+    """The GPU image drops exactly the `onnxruntime==` pin of server.txt (onnxruntime-gpu replaces it)."""
+    pins = (REPO_ROOT / "requirements" / "server.txt").read_text().splitlines()
+    assert sum(line.startswith("onnxruntime==") for line in pins) == 1
+    gpu = (REPO_ROOT / "docker" / "requirements-gpu.txt").read_text()
+    assert re.search(r"^onnxruntime-gpu\S*==", gpu, re.M)
+    assert "torch" not in gpu
+
+
+@pytest.mark.parametrize("profile", [None, "cpu", "gpu"], ids=["default", "cpu", "gpu"])
+def test_compose_config_quiet(profile):
+    args = ["--profile", profile] if profile else []
+    result = run(
+        [tool("docker-compose"), "-f", str(COMPOSE_FILE), *args, "config", "--quiet"],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_default_profile_is_gpu_with_engine_first():
+    services = compose_config()["services"]
+    assert set(services) == {"engine", "server-gpu"}
+    for name in services:
+        assert any(
+            d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in gpu_devices(services[name])
+        )
+    server = services["server-gpu"]
+    assert server["depends_on"]["engine"]["condition"] == "service_completed_successfully"
+    assert "FCN_MODEL" in server["environment"] and "FCN_MODEL" in services["engine"]["environment"]
+    mounts = {v["target"]: v for v in server["volumes"]}
+    assert mounts["/models"]["read_only"] and mounts["/engines"]["type"] == "volume"
+    builder_mounts = {v["target"]: v for v in services["engine"]["volumes"]}
+    assert builder_mounts["/models"]["read_only"] and not builder_mounts["/engines"].get("read_only")
+    assert mounts["/engines"]["source"] == builder_mounts["/engines"]["source"]
+    assert server["ports"][0]["target"] == 8000
+
+
+def test_cpu_profile_has_no_gpu_reservation():
+    services = compose_config("--profile", "cpu")["services"]
+    assert set(services) == {"server-cpu"}
+    cpu = services["server-cpu"]
+    assert gpu_devices(cpu) == []
+    assert cpu["build"]["dockerfile"] == "docker/Dockerfile.cpu"
+    assert {v["target"]: v["read_only"] for v in cpu["volumes"]} == {"/models": True}
+
+
+def test_every_setting_reaches_the_containers():
+    """Each FCN_* setting is passed through (or set) by compose and documented in .env.example."""
+    config = compose_config("--profile", "cpu", "--profile", "gpu")
+    for name in ("server-cpu", "server-gpu"):
+        assert set(config["services"][name]["environment"]) >= SETTING_VARS, name
+    example = (REPO_ROOT / ".env.example").read_text()
+    compose_vars = set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
+    documented = set(re.findall(r"^#?\s*(\w+)=", example, re.M))
+    missing = (SETTING_VARS - COMPOSE_SET) | compose_vars
+    assert missing <= documented, missing - documented
+
+
+def test_passthrough_uses_the_host_value():
+    """An FCN_* variable in the caller's environment reaches the service; an unset one stays unset."""
+    env = compose_config("--profile", "cpu", FCN_MAX_BATCH_SIZE="3")["services"]["server-cpu"]["environment"]
+    assert env["FCN_MAX_BATCH_SIZE"] == "3"
+    assert env["FCN_QUEUE_SIZE"] is None
+    assert set(env) == SETTING_VARS
+    assert {env[k] for k in COMPOSE_SET} == {"0.0.0.0", "8000"}
+
+
+def test_test_override_uses_host_network():
+    config = compose_config(
+        "-f", str(TEST_OVERRIDE), "--profile", "cpu", FCN_CPU_IMAGE="x:y", FCN_TEST_PORT="18000"
+    )
+    cpu = config["services"]["server-cpu"]
+    assert cpu["network_mode"] == "host" and not cpu.get("ports")
+    assert cpu["environment"]["FCN_PORT"] == "18000" and cpu["environment"]["FCN_HOST"] == "127.0.0.1"
+
+
+def k8s_docs() -> dict[str, dict]:
+    docs = [d for path in sorted(K8S_DIR.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    return {d["kind"]: d for d in docs if not (d["kind"] == "ConfigMap" and "rules" in d["metadata"]["name"])}
+
+
+def test_k8s_manifests_validate_against_schemas():
+    files = sorted(str(p) for p in K8S_DIR.glob("*.yaml"))
+    assert files
+    result = run([tool("kubernetes-validate"), "--strict", "--quiet", *files])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_k8s_gpu_probes_and_hpa_metric():
+    kinds = k8s_docs()
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert server["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"]
+    hpa = kinds["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == kinds["Deployment"]["metadata"]["name"]
+    metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    from server.metrics import Metrics
+
+    exported = {m.name for m in Metrics(max_batch_size=8).registry.collect()}
+    assert metric in exported
+    unknown = set(kinds["ConfigMap"]["data"]) - SETTING_VARS
+    assert not unknown, unknown
