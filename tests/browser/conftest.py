@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from server.settings import DEFAULT_MODEL
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,15 +32,17 @@ CHROMIUM_ARGS = [
 MAX_BODY_BYTES = 400_000
 """Body limit of the test server: the scenes fit, the oversized upload does not."""
 READY_TIMEOUT_S = 90.0
+API_KEY = "browser-test-key"
 
 
 @dataclass(frozen=True)
 class Server:
-    """A running server process: its base URL, body limit and log file."""
+    """A running server process: its base URL, body limit, API key (if any) and log file."""
 
     url: str
     max_body_bytes: int
     log_path: Path
+    api_key: str | None = None
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -65,14 +70,15 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None
     raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text(errors='replace')}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``python -m server`` on a free loopback port with a small body limit.
+@contextlib.contextmanager
+def run_server(workdir: Path, **settings: str) -> Iterator[Server]:
+    """``python -m server`` on a free loopback port with a small body limit, stopped with SIGTERM.
 
-    It serves the default (demo) model, or the one ``FCN_MODEL`` in the environment names.
+    It serves the default (demo) model, or the one ``FCN_MODEL`` in the environment names; ``settings``
+    adds ``FCN_<NAME>`` variables.
     """
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log_path = workdir / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_") or k == "FCN_MODEL"}
     env.update(
         PYTHONUNBUFFERED="1",
@@ -84,6 +90,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         FCN_ORT_INTRA_OP_THREADS="2",
         FCN_LOG_FORMAT="text",
     )
+    env.update({f"FCN_{name.upper()}": value for name, value in settings.items()})
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -91,7 +98,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         )
     try:
         _wait_ready(url, proc, log_path)
-        yield Server(url=url, max_body_bytes=MAX_BODY_BYTES, log_path=log_path)
+        yield Server(
+            url=url, max_body_bytes=MAX_BODY_BYTES, log_path=log_path, api_key=settings.get("api_key")
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -99,6 +108,27 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def _skip_without_model() -> None:
+    if "FCN_MODEL" not in os.environ and not DEFAULT_MODEL.is_file():
+        pytest.skip(f"the demo model {DEFAULT_MODEL.relative_to(REPO_ROOT)} is not there yet")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The server the page tests run against (skips while the demo model is not shipped)."""
+    _skip_without_model()
+    with run_server(tmp_path_factory.mktemp("server")) as running:
+        yield running
+
+
+@pytest.fixture
+def keyed_server(tmp_path: Path) -> Iterator[Server]:
+    """A server that wants the API key ``API_KEY`` in ``X-API-Key``."""
+    _skip_without_model()
+    with run_server(tmp_path, api_key=API_KEY) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -293,3 +293,24 @@ def test_paste_on_a_phone_width_screen(page: Any, scene: tuple[bytes, np.ndarray
     assert labels["y"] >= overlay["y"] + overlay["height"]
     assert overlay["width"] <= 390
     page.screenshot(path=str(tmp_path / "web-page-phone.png"), full_page=True)
+
+
+def test_api_key_entered_on_the_page(
+    browser: Any, keyed_server: Any, scene: tuple[bytes, np.ndarray], tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(f"{keyed_server.url}/")
+        # Without the key the API's 401 message shows and the key field opens.
+        page.wait_for_function("document.getElementById('model').textContent.includes('HTTP 401')")
+        assert "X-API-Key" in page.locator("#model").inner_text()
+        key = page.get_by_label("Sent as X-API-Key when the server requires one")
+        assert key.is_visible()
+        key.fill(keyed_server.api_key)
+        key.press("Enter")
+        page.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
+        upload(page, scene[0], tmp_path)
+        wait_for(page, "done")
+        assert page.locator("#legend li").count() >= 2
+    finally:
+        page.close()
