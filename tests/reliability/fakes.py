@@ -73,6 +73,9 @@ class FakeBackend:
             time.sleep(self.spec.delay_s)
         return (images[..., 0] // 13).astype(np.uint8)
 
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 def read_calls(log_path: Path) -> list[dict[str, Any]]:
     """The batches a fake backend in another process logged so far."""

@@ -218,8 +218,21 @@ def multipart_cases(image: bytes) -> dict[str, dict[str, object]]:
 
     ``image`` is a valid encoded image, so only the form structure is wrong.
     """
+    boundary = "reliability-boundary"
+    no_file = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="note"\r\n\r\n'
+        f"no file here\r\n--{boundary}--\r\n"
+    ).encode()
     return {
-        "multipart without any file": {"data": {"note": "no file here"}},
+        "multipart without any file": {
+            "content": no_file,
+            "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        },
+        "multipart with the image as a text field": {
+            "data": {"image": "not a file"},
+            "files": {"x": ("x", b"")},
+        },
         "multipart with wrong field name": {"files": {"file": ("a.png", image, "image/png")}},
         "multipart with two image files": {
             "files": [("image", ("a.png", image, "image/png")), ("image", ("b.png", image, "image/png"))]

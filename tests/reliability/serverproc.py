@@ -15,8 +15,18 @@ from pathlib import Path
 
 import httpx
 
+from .fakes import FAKE_ENV, FakeSpec
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
+FAKE_BASE: dict[str, object] = {
+    "model": "unused-by-the-fake.onnx",
+    "max_side": 128,
+    "bucket": 64,
+    "max_body_bytes": 300_000,
+    "max_pixels": 1_000_000,
+}
+"""Settings every fake-backend server starts from (one 64/128 bucket grid: warm-up is 4 shapes)."""
 
 
 def free_port() -> int:
@@ -118,3 +128,17 @@ def running_server(
         yield server
     finally:
         server.terminate()
+
+
+@contextlib.contextmanager
+def fake_server(tmp: Path, settings: dict[str, object], spec: FakeSpec) -> Iterator[ServerProcess]:
+    """The real server process over the scriptable fake backend; ``spec.log_path`` defaults into ``tmp``."""
+    if spec.log_path is None:
+        spec.log_path = str(tmp / "backend-calls.jsonl")
+    with running_server(
+        {**FAKE_BASE, **settings},
+        tmp / "server.log",
+        module="tests.reliability.launcher",
+        extra_env={FAKE_ENV: spec.to_json()},
+    ) as server:
+        yield server
