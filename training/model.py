@@ -21,7 +21,7 @@ FC_CHANNELS = 4096
 
 def scaled(channels: int, width: float) -> int:
     """Channel count of a layer at a width multiplier (1.0 = the paper's net)."""
-    return max(1, int(round(channels * width)))
+    return max(1, round(channels * width))
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
@@ -179,7 +179,7 @@ assert tuple(MODELS) == ARCHITECTURES
 
 
 def build_model(architecture: Architecture | str, num_classes: int = 21, width: float = 1.0) -> FCNBase:
-    """Build a freshly initialised FCN by architecture name (``fcn32s``, ``fcn16s``, ``fcn8s``, ``fcn8s-atonce``)."""
+    """Build a freshly initialised FCN by name (``fcn32s``, ``fcn16s``, ``fcn8s``, ``fcn8s-atonce``)."""
     try:
         cls = MODELS[architecture]
     except KeyError:
