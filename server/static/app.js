@@ -57,10 +57,8 @@ async function loadModel() {
 }
 
 function className(id) {
-  const classes = (state.model && state.model.classes) || [];
-  const entry = classes.find((c, i) => (typeof c === "object" ? c.id === id : i === id));
-  if (entry === undefined) return `class ${id}`;
-  return typeof entry === "object" ? entry.name : entry;
+  const entry = ((state.model && state.model.classes) || []).find((c) => c.id === id);
+  return entry ? entry.name : `class ${id}`;
 }
 
 // ---------- palette PNG decoding ----------

@@ -11,6 +11,8 @@ import io
 import json
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +316,62 @@ def test_api_key_entered_on_the_page(
         assert page.locator("#legend li").count() >= 2
     finally:
         page.close()
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    return a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+
+
+def palette_png(indices: np.ndarray, depth: int) -> bytes:
+    """A palette PNG of ``indices`` at bit ``depth``, row ``y`` written with PNG filter ``y % 5``.
+
+    Pillow only writes unfiltered palette rows; this exercises every filter and the packed bit depths.
+    """
+    height, width = indices.shape
+    per_byte = 8 // depth
+    rows = []
+    for row in indices:
+        packed = bytearray((width * depth + 7) // 8)
+        for x, value in enumerate(row):
+            packed[x // per_byte] |= int(value) << (8 - depth - (x % per_byte) * depth)
+        rows.append(bytes(packed))
+    stream = bytearray()
+    for y, row in enumerate(rows):
+        kind, prev = y % 5, rows[y - 1] if y else bytes(len(row))
+        out = bytearray()
+        for x, value in enumerate(row):
+            a, b, c = (row[x - 1] if x else 0), prev[x], (prev[x - 1] if x else 0)
+            predictor = (0, a, b, (a + b) // 2, _paeth(a, b, c))[kind]
+            out.append((value - predictor) & 0xFF)
+        stream += bytes([kind]) + out
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    palette = bytes(7 * i % 256 for i in range(3 * (1 << depth)))
+    header = struct.pack(">IIBBBBB", width, height, depth, 3, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"PLTE", palette)
+        + chunk(b"IDAT", zlib.compress(bytes(stream)))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 8])
+def test_page_decodes_every_png_filter_and_bit_depth(page: Any, depth: int) -> None:
+    indices = np.random.default_rng(depth).integers(0, 1 << depth, (11, 37), dtype=np.uint8)
+    decoded = page.evaluate(
+        """async (b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const png = await decodeLabelPng(bytes.buffer);
+          return { ...png, labels: Array.from(png.labels) };
+        }""",
+        base64.b64encode(palette_png(indices, depth)).decode(),
+    )
+    assert (decoded["height"], decoded["width"]) == indices.shape
+    np.testing.assert_array_equal(np.array(decoded["labels"]).reshape(indices.shape), indices)
+    assert decoded["palette"][1] == [21, 28, 35]  # entry i is (21 i, 21 i + 7, 21 i + 14) mod 256
