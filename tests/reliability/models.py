@@ -75,8 +75,36 @@ def wrong_architecture_model() -> onnx.ModelProto:
     return model
 
 
+def half_resolution_model() -> onnx.ModelProto:
+    """The right interface (uint8 NHWC in, uint8 labels out) but labels at half the input size, as an FCN
+    without its final upsampling would give: only running it (the warm-up) reveals the problem."""
+    nodes = [
+        helper.make_node("Slice", ["image", "starts", "ends", "axes", "steps"], ["red4"]),
+        helper.make_node("Squeeze", ["red4", "c3"], ["labels"]),
+    ]
+    big = np.iinfo(np.int64).max
+    inits = [
+        numpy_helper.from_array(np.array([0, 0, 0], dtype=np.int64), "starts"),
+        numpy_helper.from_array(np.array([big, big, 1], dtype=np.int64), "ends"),
+        numpy_helper.from_array(np.array([1, 2, 3], dtype=np.int64), "axes"),
+        numpy_helper.from_array(np.array([2, 2, 1], dtype=np.int64), "steps"),
+        numpy_helper.from_array(np.array([3], dtype=np.int64), "c3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "half_labels",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("labels", TensorProto.UINT8, ["N", "h", "w"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    _metadata_props(model, "half-resolution")
+    onnx.checker.check_model(model)
+    return model
+
+
 def write_models(folder: Path) -> dict[str, Path]:
-    """Write the good, truncated and wrong-architecture models into ``folder``; return them by role.
+    """Write the good, truncated, wrong-interface and half-resolution models into ``folder``, by role.
 
     ``missing`` names a path that does not exist.
     """
@@ -88,4 +116,12 @@ def write_models(folder: Path) -> dict[str, Path]:
     truncated.write_bytes(data[: len(data) // 2])
     wrong = folder / "wrong-architecture.onnx"
     onnx.save(wrong_architecture_model(), wrong)
-    return {"good": good, "truncated": truncated, "wrong": wrong, "missing": folder / "missing.onnx"}
+    half = folder / "half-resolution.onnx"
+    onnx.save(half_resolution_model(), half)
+    return {
+        "good": good,
+        "truncated": truncated,
+        "wrong": wrong,
+        "half": half,
+        "missing": folder / "missing.onnx",
+    }
