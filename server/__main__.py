@@ -94,6 +94,7 @@ def serve(settings: Settings, backend_loader: BackendLoader = load_backend) -> i
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        http="h11",
         h11_max_incomplete_event_size=settings.max_header_bytes,
         server_header=False,
     )

@@ -190,6 +190,7 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         for code, text in {
             400: "undecodable or truncated image",
             401: "missing or wrong API key",
+            408: "the body did not arrive within the deadline",
             413: "body over the byte limit or image over the pixel limit",
             415: "unsupported content type or image format",
             422: "bad parameters or multipart fields",
@@ -543,7 +544,13 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
     deadline = loop.time() + settings.deadline_ms / 1000
     fmt = choose_format(query_format, request.headers.get("accept"))
     try:
-        data = await read_image_bytes(request, settings.max_body_bytes, settings.max_form_parts)
+        try:
+            async with asyncio.timeout(settings.deadline_ms / 1000):
+                data = await read_image_bytes(request, settings.max_body_bytes, settings.max_form_parts)
+        except TimeoutError:
+            raise InputError(
+                408, f"the request body did not arrive within {settings.deadline_ms:g} ms"
+            ) from None
         start = time.perf_counter()
         padded, size, original = await run_in_threadpool(_prepare, data, settings, service.pad_colour)
         metrics.decode_seconds.observe(time.perf_counter() - start)

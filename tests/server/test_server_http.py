@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import time
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -219,3 +220,11 @@ def test_queue_full_and_deadline(tmp_path) -> None:  # type: ignore[no-untyped-d
         # the queued request never reached the model: only warm-up-free traffic counted (slow image only)
         assert "fcn_inference_images_total 1.0" in metrics
         assert post(srv, png_bytes(random_image(32, 32, seed=16))).status_code == 200
+
+        def trickle() -> Iterator[bytes]:
+            for byte in png_bytes(random_image(32, 32, seed=17))[:12]:
+                time.sleep(0.2)
+                yield bytes([byte])
+
+        slow_client = post(srv, trickle())  # type: ignore[arg-type]
+        assert slow_client.status_code == 408 and "did not arrive" in slow_client.json()["detail"]
