@@ -39,6 +39,7 @@ PAPER_FCN_VGG16_MS = 210.0
 PAPER_GPU = "NVIDIA Tesla K40c (Caffe), FCN paper"
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 QUICK_BACKENDS = ("torch-eager", "ort-cpu-fp32", "ort-cpu-int8")
+QUICK_WIDTH = 1 / 32
 CSV_FIELDS = (
     "backend", "device", "precision", "batch", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms",
     "ms_per_image", "images_per_s", "gflops", "peak_share", "time_vs_paper_fcn8s", "time_vs_paper_fcn_vgg16",
@@ -285,7 +286,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny net, 64x64 images, 3 runs: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
-        args.model_width, args.size, args.batch_sizes = 1 / 32, [64, 64], [1, 2]
+        args.model_width, args.size, args.batch_sizes = QUICK_WIDTH, [64, 64], [1, 2]
         args.warmup, args.runs = 1, 3
         args.backends = args.backends or list(QUICK_BACKENDS)
     if args.runs < 1 or args.warmup < 0 or min(args.batch_sizes) < 1 or min(args.size) < 1:

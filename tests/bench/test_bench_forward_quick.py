@@ -1,0 +1,69 @@
+"""``python -m bench.forward --quick`` runs end to end and writes a consistent report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import forward
+from bench.backends import Runner
+
+
+def test_quick_forward_report(model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    code = forward.main(["--quick", "--cache", str(model_cache), "--out-dir", str(out), "--note", "test run"])
+    assert code == 0
+    report = json.loads((out / "forward.json").read_text())
+    assert report["model"]["width"] == forward.QUICK_WIDTH and report["note"] == "test run"
+    assert report["peak"]["gflops"] > 0 and report["peak"]["method"] in {"fma", "matmul"}
+    rows = report["results"]
+    assert {(r["backend"], r["batch"]) for r in rows} == {
+        (b, n) for b in forward.QUICK_BACKENDS for n in (1, 2)
+    }
+    for row in rows:
+        assert row["runs"] == 3
+        assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["p50_ms"])
+        expected = report["model"]["gflop_per_image"] * row["batch"] / (row["p50_ms"] / 1000)
+        assert row["gflops"] == pytest.approx(expected)
+        assert row["peak_share"] == pytest.approx(row["gflops"] / report["peak"]["gflops"])
+        assert row["time_vs_paper_fcn8s"] == pytest.approx(row["ms_per_image"] / 175)
+    with (out / "forward.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    assert (out / "forward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "ort-cpu-int8" in printed and "p50 ms" in printed
+    assert report["targets"] == []  # targets apply to the full-size net at 500x500 only
+
+
+def test_batch_growth_stops_at_the_time_limit() -> None:
+    calls: list[int] = []
+
+    def slow(images: object) -> None:
+        calls.append(1)
+
+    runner = Runner("fake", "cpu", "fp32", "test", prepare=lambda images: images, run=slow)
+    rows, stopped = forward.sweep(
+        [runner], [1, 2, 4], 8, 8, warmup=0, runs=2, max_seconds=0.0, budget_s=None, gflop_per_image=1.0,
+        peak_gflops=None,
+    )  # fmt: skip
+    assert [r["batch"] for r in rows] == [1]
+    assert "batch 2 would take" in stopped["fake"]
+    assert len(calls) == 2
+
+
+def test_failing_backend_is_reported_not_fatal() -> None:
+    def boom(images: object) -> None:
+        raise RuntimeError("out of memory")
+
+    good = Runner("good", "cpu", "fp32", "test", prepare=lambda images: images, run=lambda images: None)
+    bad = Runner("bad", "cpu", "fp32", "test", prepare=lambda images: images, run=boom)
+    rows, stopped = forward.sweep(
+        [good, bad], [1, 2], 8, 8, warmup=1, runs=2, max_seconds=60, budget_s=None, gflop_per_image=1.0,
+        peak_gflops=10.0,
+    )  # fmt: skip
+    assert {(r["backend"], r["batch"]) for r in rows} == {("good", 1), ("good", 2)}
+    assert "out of memory" in stopped["bad"]
