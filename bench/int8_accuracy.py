@@ -171,15 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(
-        f"{'kept in FP32':36s} {'agree %':>8s} {'FP32 mIU':>9s} {'INT8 mIU':>9s} {'FP32 ms':>8s} {'INT8 ms':>8s}"
+        f"{'kept in FP32':36s} {'agree %':>8s} {'FP32 mIU':>9s} {'INT8 mIU':>9s} "
+        f"{'FP32 ms':>8s} {'INT8 ms':>8s}"
     )
     for r in rows:
         print(
-            f"{' '.join(r['keep_fp32']) or '-':36s} {100 * r['agreement']:8.2f} {100 * r['fp32_mean_iu']:9.2f} "
-            f"{100 * r['int8_mean_iu']:9.2f} {r['fp32_ms']:8.1f} {r['int8_ms']:8.1f}"
+            f"{' '.join(r['keep_fp32']) or '-':36s} {100 * r['agreement']:8.2f} "
+            f"{100 * r['fp32_mean_iu']:9.2f} {100 * r['int8_mean_iu']:9.2f} "
+            f"{r['fp32_ms']:8.1f} {r['int8_ms']:8.1f}"
         )
     print(
-        f"target label agreement >= 99%: {report['target']['status'].upper()} ({100 * best['agreement']:.2f}%)"
+        f"target label agreement >= 99%: {report['target']['status'].upper()} "
+        f"({100 * best['agreement']:.2f}%)"
     )
     print(f"wrote {out}")
     return 0
