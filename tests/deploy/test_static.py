@@ -13,7 +13,7 @@ from server.settings import Settings
 from .helpers import COMPOSE_FILE, DOCKERFILES, K8S_DIR, REPO_ROOT, TEST_OVERRIDE, clean_env, run, tool
 
 # Settings the compose file sets itself rather than passing through from the host environment.
-COMPOSE_SET = {"FCN_HOST", "FCN_PORT"}
+COMPOSE_SET = {"FCN_HOST", "FCN_PORT", "FCN_MODEL"}
 SETTING_VARS = {f"FCN_{name.upper()}" for name in Settings.model_fields}
 
 
@@ -81,7 +81,8 @@ def test_default_profile_is_gpu_with_engine_first():
         )
     server = services["server-gpu"]
     assert server["depends_on"]["engine"]["condition"] == "service_completed_successfully"
-    assert "FCN_MODEL" in server["environment"] and "FCN_MODEL" in services["engine"]["environment"]
+    assert server["environment"]["FCN_MODEL"] == services["engine"]["environment"]["FCN_MODEL"]
+    assert server["environment"]["FCN_MODEL"].startswith("/engines/")
     mounts = {v["target"]: v for v in server["volumes"]}
     assert mounts["/models"]["read_only"] and mounts["/engines"]["type"] == "volume"
     builder_mounts = {v["target"]: v for v in services["engine"]["volumes"]}
@@ -117,7 +118,7 @@ def test_passthrough_uses_the_host_value():
     assert env["FCN_MAX_BATCH_SIZE"] == "3"
     assert env["FCN_QUEUE_SIZE"] is None
     assert set(env) == SETTING_VARS
-    assert {env[k] for k in COMPOSE_SET} == {"0.0.0.0", "8000"}
+    assert [env[k] for k in sorted(COMPOSE_SET)] == ["0.0.0.0", "/models/demo/fcn8s-demo.onnx", "8000"]
 
 
 def test_test_override_uses_host_network():
