@@ -168,20 +168,27 @@ def torch_cuda_fp16(context: BuildContext) -> Runner:
 
 
 def trt_fp16(context: BuildContext) -> Runner:
-    _require_cuda()
+    """TensorRT FP16 engine of the FP16 ONNX (``export.fp16``; TensorRT 11 networks are strongly typed)."""
+    from export import trt
+
     try:
-        from export import trt
-    except ImportError as error:
-        raise Unavailable(f"TensorRT is not importable ({error})") from error
+        trt.environment()
+    except trt.TensorRTUnavailable as error:
+        raise Unavailable(str(error)) from error
+    import onnx
+
+    from export.fp16 import convert_to_fp16
+    from export.sidecar import Profile
+
     plan = Path(context.cache) / f"{context.spec.key}-fp16.plan"
     if not plan.exists() or context.rebuild:
-        build = getattr(trt, "build_engine", None)
-        if build is None:
-            raise Unavailable("export.trt has no build_engine()")
-        build(fp32_onnx(context.spec, context.cache), plan, fp16=True)
+        fp16 = plan.with_suffix(".onnx")
+        onnx.save(convert_to_fp16(onnx.load(str(fp32_onnx(context.spec, context.cache)))).model, str(fp16))
+        profile = Profile(min_batch=1, opt_batch=8, max_batch=16, min_side=32, opt_side=500, max_side=512)
+        plan.write_bytes(trt.build_engine(fp16, trt.BuildOptions(profile=profile)).plan)
     runner = trt.TensorRTRunner(plan)
     return Runner(
-        "trt-fp16", "cuda", "fp16", "TensorRT FP16 engine, host uint8 in / labels out",
+        "trt-fp16", "cuda", "fp16", "TensorRT FP16 engine (batch 1-16, sides 32-512), uint8 in / labels out",
         prepare=lambda images: images, run=runner.run,
     )  # fmt: skip
 
