@@ -11,9 +11,11 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,7 @@ class Service:
     draining: bool = False
     fatal: str | None = None
     inflight: int = 0
+    codec_pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     on_fatal: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
@@ -126,6 +129,10 @@ class Service:
         if busy is not None and time.monotonic() - busy > self.settings.stall_timeout_s:
             return f"backend stalled: a batch has run for {time.monotonic() - busy:.0f} s"
         return None
+
+    async def in_codec_thread(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU-bound image work (decode, encode) on the bounded codec pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.codec_pool, func, *args)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop admitting requests; wait at most ``timeout_s`` for in-flight ones. True if all finished."""
@@ -245,6 +252,23 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+class HeaderLimitMiddleware:
+    """Answers 431 when the request's headers add up to more than ``limit`` bytes."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.limit:
+                detail = f"request headers total {size} bytes; the limit is {self.limit} bytes"
+                await _error(431, detail, {"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
@@ -269,6 +293,8 @@ def create_app(settings: Settings, backend_loader: BackendLoader = load_backend)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = await run_in_threadpool(backend_loader, settings)
+        threads = settings.codec_threads or min(4, os.cpu_count() or 1)
+        service.codec_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codec")
         service.backend = backend
         service.pad_colour = neutral_colour(backend.metadata.normalization)
         service.batcher = Batcher(
@@ -289,6 +315,7 @@ def create_app(settings: Settings, backend_loader: BackendLoader = load_backend)
         finally:
             warm.cancel()
             await service.batcher.stop()
+            service.codec_pool.shutdown(wait=False, cancel_futures=True)
             backend.close()
 
     app = FastAPI(
@@ -306,6 +333,7 @@ def create_app(settings: Settings, backend_loader: BackendLoader = load_backend)
             allow_headers=["Content-Type", "Accept", "X-API-Key", "X-Request-ID"],
             expose_headers=list(TIMING_HEADERS),
         )
+    app.add_middleware(HeaderLimitMiddleware, limit=settings.max_header_bytes)
     app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(RequestValidationError)
@@ -552,7 +580,7 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
                 408, f"the request body did not arrive within {settings.deadline_ms:g} ms"
             ) from None
         start = time.perf_counter()
-        padded, size, original = await run_in_threadpool(_prepare, data, settings, service.pad_colour)
+        padded, size, original = await service.in_codec_thread(_prepare, data, settings, service.pad_colour)
         metrics.decode_seconds.observe(time.perf_counter() - start)
     except InputError as exc:
         metrics.failures.labels("bad_input").inc()
@@ -571,7 +599,7 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
     if isinstance(outcome, Response):
         return outcome
     start = time.perf_counter()
-    body = await run_in_threadpool(_encode, outcome.labels, original, fmt, meta)
+    body = await service.in_codec_thread(_encode, outcome.labels, original, fmt, meta)
     metrics.encode_seconds.observe(time.perf_counter() - start)
     headers = {
         "X-Model": meta.name,

@@ -42,8 +42,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="request body limit (413 beyond)")
     max_pixels: int = Field(40_000_000, ge=1, description="decoded image pixel limit, from the header (413)")
     max_form_parts: int = Field(4, ge=1, description="most parts accepted in a multipart body")
-    max_header_bytes: int = Field(16384, ge=1024, description="largest request head (h11 incomplete event)")
+    max_header_bytes: int = Field(16384, ge=1024, description="largest total size of request headers (431)")
 
+    codec_threads: int = Field(
+        0, ge=0, description="threads decoding/encoding images (0 = min(4, CPU count))"
+    )
     ort_intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = all cores)")
     ort_inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
 

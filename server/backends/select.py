@@ -92,7 +92,12 @@ def load_backend(settings: Settings, env: Environment | None = None) -> Backend:
         from server.backends.tensorrt import TensorRTBackend
 
         try:
-            return TensorRTBackend(choice.path)
+            return TensorRTBackend(
+                choice.path,
+                max_batch_size=settings.max_batch_size,
+                max_side=settings.max_side,
+                min_side=min(settings.bucket, settings.max_side),
+            )
         except BackendError as exc:
             onnx = choice.path.with_suffix(".onnx")
             if settings.backend != "auto" or not onnx.is_file():

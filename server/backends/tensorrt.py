@@ -14,28 +14,34 @@ from server.backends.base import BackendError
 
 
 class TensorRTBackend:
-    """A serialized TensorRT engine (``.plan``) with its JSON sidecar."""
+    """A serialized TensorRT engine (``.plan``) with its JSON sidecar (``.plan.json``)."""
 
     name = "tensorrt"
-    provider = "TensorrtExecutionContext"
+    provider = "TensorRT"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_batch_size: int, max_side: int, min_side: int) -> None:
         if not path.is_file():
             raise BackendError(f"engine file not found: {path}")
+        from export import sidecar
+
         try:
-            from export import sidecar
-        except ImportError as exc:
-            raise BackendError(
-                f"TensorRT backend unavailable: cannot import export.sidecar ({exc})"
-            ) from None
-        info = sidecar.read_sidecar(path)
+            info = sidecar.read_sidecar(path)
+        except sidecar.SidecarError as exc:
+            raise BackendError(str(exc)) from None
         problems = sidecar.compatibility_problems(info)
+        profile = info.profile
+        if not profile.covers(max_batch_size, max_side, max_side) or not profile.covers(
+            1, min_side, min_side
+        ):
+            problems.append(
+                f"its profile (batch {profile.batches}, sides {profile.sides}) does not cover batch "
+                f"1..{max_batch_size} and sides {min_side}..{max_side}; lower max_batch_size / max_side "
+                "or rebuild the engine"
+            )
         if problems:
             raise BackendError(f"engine {path.name} cannot run here: " + "; ".join(problems))
-        try:
-            from export.trt import TensorRTRunner
-        except ImportError as exc:
-            raise BackendError(f"TensorRT backend unavailable: {exc}") from None
+        from export.trt import TensorRTRunner
+
         self.metadata = info.metadata
         self.precision = info.precision
         self._runner = TensorRTRunner(path)
@@ -46,6 +52,4 @@ class TensorRTBackend:
 
     def close(self) -> None:
         """Free the engine, its context and device buffers."""
-        close = getattr(self._runner, "close", None)
-        if close is not None:
-            close()
+        self._runner.close()

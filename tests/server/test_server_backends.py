@@ -63,14 +63,58 @@ def test_choose_refuses_with_reason(
         choose(Settings(model=files[model], backend=backend), env)
 
 
-def test_tensorrt_engine_is_refused_on_this_cpu_machine(files: dict[str, Path]) -> None:
-    """The real TensorRT backend refuses a (fake) engine here with one clear line, never a crash."""
+def _engine_with_sidecar(directory: Path, **profile: int) -> Path:
+    sidecar = pytest.importorskip(
+        "export.sidecar", reason="export.sidecar (the export helper's module) is missing"
+    )
+    from common.metadata import ModelMetadata
+
+    plan = directory / "engine.plan"
+    plan.write_bytes(b"not really a plan")
+    info = sidecar.Sidecar(
+        tensorrt_version="10.13.0",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        profile=sidecar.Profile(**profile),
+        precision="fp16",
+        onnx_sha256="0" * 64,
+        build_time_s=1.0,
+        metadata=ModelMetadata(),
+    )
+    sidecar.write_sidecar(plan, info)
+    return plan
+
+
+def test_tensorrt_engine_is_refused_on_this_cpu_machine(tmp_path: Path) -> None:
+    """The TensorRT backend refuses an engine here with one clear line (no TensorRT / GPU), never a crash."""
     from server.backends.tensorrt import TensorRTBackend
 
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("this machine has a GPU")
+    plan = _engine_with_sidecar(tmp_path)
     with pytest.raises(BackendError) as refused:
-        TensorRTBackend(files["lone_plan"])
+        TensorRTBackend(plan, max_batch_size=8, max_side=512, min_side=32)
     message = str(refused.value)
-    assert "\n" not in message and ("TensorRT" in message or "GPU" in message or "sidecar" in message)
+    assert message.startswith("engine engine.plan cannot run here:") and "\n" not in message
+    assert "TensorRT" in message or "GPU" in message
+
+
+def test_tensorrt_profile_must_cover_the_served_shapes(tmp_path: Path) -> None:
+    from server.backends.tensorrt import TensorRTBackend
+
+    plan = _engine_with_sidecar(tmp_path, max_batch=4, opt_batch=2, max_side=384, opt_side=256)
+    with pytest.raises(BackendError, match=r"does not cover batch 1\.\.8 and sides 32\.\.512"):
+        TensorRTBackend(plan, max_batch_size=8, max_side=512, min_side=32)
+
+
+def test_tensorrt_without_sidecar_is_refused(tmp_path: Path) -> None:
+    from server.backends.tensorrt import TensorRTBackend
+
+    pytest.importorskip("export.sidecar", reason="export.sidecar (the export helper's module) is missing")
+    plan = tmp_path / "bare.plan"
+    plan.write_bytes(b"x")
+    with pytest.raises(BackendError, match="sidecar"):
+        TensorRTBackend(plan, max_batch_size=8, max_side=512, min_side=32)
 
 
 def test_load_backend_reports_missing_and_invalid_models(tmp_path: Path) -> None:
