@@ -95,7 +95,7 @@ def serve(settings: Settings, backend_loader: BackendLoader = load_backend) -> i
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         http="h11",
-        h11_max_incomplete_event_size=settings.max_header_bytes,
+        h11_max_incomplete_event_size=2 * settings.max_header_bytes,  # the app answers 431 below that
         server_header=False,
     )
     server = DrainingServer(config, service)

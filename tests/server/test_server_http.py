@@ -168,6 +168,12 @@ def _error_cases() -> list[tuple[str, dict[str, object], int, str]]:
         ("wrong field name", {"files": {"file": ("a.png", good, "image/png")}}, 422, "'image'"),
         ("two files", {"files": two_files}, 422, "exactly one"),
         ("unsupported format", _raw(ppm, "image/x-portable-pixmap"), 415, "PPM"),
+        (
+            "headers too large",
+            {"content": good, "headers": {"content-type": "image/png", "x-big": "a" * 20_000}},
+            431,
+            "limit",
+        ),
     ]
 
 
