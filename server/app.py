@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.metadata import ModelMetadata, Normalization
@@ -579,6 +580,9 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
             raise InputError(
                 408, f"the request body did not arrive within {settings.deadline_ms:g} ms"
             ) from None
+        except ClientDisconnect:
+            metrics.failures.labels("cancelled").inc()
+            return _error(499, "client closed the request during the upload")
         start = time.perf_counter()
         padded, size, original = await service.in_codec_thread(_prepare, data, settings, service.pad_colour)
         metrics.decode_seconds.observe(time.perf_counter() - start)
