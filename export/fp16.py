@@ -27,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.images import validation_images
+from export.onnx_meta import PROP_PRECISION
 
 FP16_OP_TYPES = frozenset(
     {
@@ -37,7 +38,6 @@ FP16_OP_TYPES = frozenset(
 """Op types that may run in FP16 (each has FP16 kernels in TensorRT; any FLOAT input becomes FLOAT16)."""
 DEFAULT_KEEP_OP_TYPES: tuple[str, ...] = ("ArgMax",)
 MIN_AGREEMENT = 0.995
-PROP_PRECISION = "precision"
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 
 

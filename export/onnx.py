@@ -27,6 +27,7 @@ import torch
 from common.metadata import ModelMetadata
 from export.graph import DeployableFCN, deployable_graph
 from export.images import synthetic_batch
+from export.onnx_meta import PROP_METADATA, PROP_PRECISION, PROP_SHA256
 from training.model import FCNBase
 from training.weights import CheckpointError, file_sha256, load_checkpoint
 
@@ -44,9 +45,6 @@ CHECK_SHAPES: tuple[tuple[int, int, int], ...] = (
     (3, 160, 200),  # a batch of 3
 )
 """(N, H, W) of the verification inputs."""
-PROP_METADATA = "fcn_metadata"
-PROP_SHA256 = "source_sha256"
-PROP_PRECISION = "precision"
 
 
 class VerificationError(RuntimeError):

@@ -1,0 +1,181 @@
+"""Build a TensorRT engine (plan + JSON sidecar) from the exported ONNX graph.
+
+    python export/build_engine.py --onnx model-fp16.onnx --out model.plan --reference model.onnx --verify
+
+Strongly typed build (TensorRT 10.12+ and 11.x): the precision is the ONNX graph's, so build from the
+FP16 ONNX (``python -m export.fp16``) for an FP16 engine; the engine inspector then confirms that the
+convolutions really run in FP16. One optimisation profile for ``image`` [N, H, W, 3] from the flags; a
+timing cache file (keyed by TensorRT version and GPU) is reused between builds. ``--verify`` compares
+the engine's labels with ONNX Runtime running the FP32 graph. ``--triton-repo`` also writes a Triton
+model repository. Without TensorRT or a CUDA GPU it exits with status 2 and one line saying what is
+missing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import from the repository root, not from export/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+
+from export.sidecar import Profile, Sidecar, file_sha256, write_sidecar
+
+EXIT_UNAVAILABLE = 2
+MIN_AGREEMENT = 0.995
+
+
+def log(message: str) -> None:
+    """One progress line."""
+    print(f"[build_engine] {message}", flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Profile]:
+    """Command-line options and the optimisation profile they describe."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--onnx", type=Path, required=True, help="ONNX graph (FP16 for an FP16 engine)")
+    parser.add_argument("--out", type=Path, required=True, help="plan file to write (sidecar: OUT.json)")
+    profile = parser.add_argument_group("optimisation profile of the image input [N, H, W, 3]")
+    defaults = Profile()
+    for field in ("batch", "side"):
+        for level in ("min", "opt", "max"):
+            value = getattr(defaults, f"{level}_{field}")
+            profile.add_argument(f"--{level}-{field}", type=int, default=value, help=f"default {value}")
+    parser.add_argument("--workspace-gb", type=float, default=4.0, help="workspace memory limit (default 4)")
+    parser.add_argument(
+        "--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level"
+    )
+    parser.add_argument(
+        "--timing-cache",
+        type=Path,
+        help="timing cache file (default: OUT's folder, per TensorRT version and GPU)",
+    )
+    parser.add_argument("--verify", action="store_true", help="compare labels with ONNX Runtime FP32")
+    parser.add_argument(
+        "--reference", type=Path, help="FP32 ONNX for --verify (default: --onnx if it is FP32)"
+    )
+    parser.add_argument("--images", type=Path, help="VOC-layout folder whose val split --verify uses")
+    parser.add_argument("--count", type=int, default=16, help="validation images for --verify (default 16)")
+    parser.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT, help="--verify gate (0.995)")
+    parser.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
+    args = parser.parse_args(argv)
+    try:
+        chosen = Profile(
+            *(getattr(args, f"{lv}_{f}") for f in ("batch", "side") for lv in ("min", "opt", "max"))
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    if args.workspace_gb <= 0:
+        parser.error("--workspace-gb must be positive")
+    return args, chosen
+
+
+def verify(plan: Path, reference: Path, images: list[np.ndarray], profile: Profile) -> float:
+    """Label agreement of the engine with ONNX Runtime on the images that fit the profile."""
+    import onnxruntime as ort
+
+    from export.trt import TensorRTRunner
+
+    session = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
+    runner = TensorRTRunner(plan)
+    equal = total = 0
+    try:
+        for image in images:
+            if not profile.covers(1, image.shape[0], image.shape[1]):
+                log(f"  skipped a {image.shape[0]}x{image.shape[1]} image outside the profile")
+                continue
+            batch = image[None]
+            expected = session.run(["labels"], {"image": batch})[0]
+            equal += int(np.sum(runner.run(batch) == expected))
+            total += expected.size
+    finally:
+        runner.close()
+    if total == 0:
+        raise ValueError("no validation image fits the engine profile")
+    return equal / total
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, profile = parse_args(argv)
+    start = time.perf_counter()
+    if not args.onnx.is_file():
+        print(f"build_engine: no ONNX file at {args.onnx}", file=sys.stderr)
+        return 1
+    from export import trt
+
+    try:
+        local = trt.environment()
+    except trt.TensorRTUnavailable as error:
+        print(f"build_engine: cannot build a TensorRT engine: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    from export.onnx_meta import PROP_PRECISION, PROP_SHA256, read_metadata
+    from export.precision import PrecisionError, check_fp16, layer_precisions
+
+    metadata, props = read_metadata(args.onnx)
+    precision = props.get(PROP_PRECISION, "fp32")
+    reference = args.reference or (args.onnx if precision == "fp32" else None)
+    if args.verify and reference is None:
+        print("build_engine: --verify needs --reference FP32.onnx for an FP16 graph", file=sys.stderr)
+        return 1
+    cc = local.compute_capability.replace(".", "")
+    cache = args.timing_cache or args.out.parent / f"timing-trt{local.tensorrt_version}-sm{cc}.cache"
+    options = trt.BuildOptions(profile, int(args.workspace_gb * (1 << 30)), args.opt_level, cache)
+    log(f"TensorRT {local.tensorrt_version} on {local.gpu_name} (compute capability {cc[:-1]}.{cc[-1]})")
+    log(f"building from {args.onnx} ({precision}); profile batch {profile.batches}, sides {profile.sides}")
+    state = "reused" if cache.is_file() else "new"
+    log(f"timing cache {cache} ({state}); optimisation level {args.opt_level}")
+    try:
+        built = trt.build_engine(args.onnx, options)
+        report = layer_precisions(built.engine_information)
+        log(f"built in {built.build_time_s:.1f} s: {report.summary()}")
+        if precision == "fp16":
+            check_fp16(report)
+    except (trt.EngineBuildError, PrecisionError) as error:
+        print(f"build_engine: {error}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(built.plan)
+    sidecar = Sidecar(
+        tensorrt_version=local.tensorrt_version, gpu_name=local.gpu_name,
+        compute_capability=local.compute_capability, profile=profile, precision=precision,
+        onnx_sha256=file_sha256(args.onnx), build_time_s=round(built.build_time_s, 2), metadata=metadata,
+        source_sha256=props.get(PROP_SHA256, ""), fp16_layers=report.fp16_layers, layers=report.layers,
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    written = [args.out, write_sidecar(args.out, sidecar), cache]
+    agreement = None
+    if args.verify and reference is not None:
+        from export.images import validation_images
+
+        side = min(max(profile.opt_side, profile.min_side), profile.max_side)
+        images = validation_images(args.images, args.count, (side, side))
+        log(f"verifying against ONNX Runtime FP32 ({reference}) on {len(images)} images")
+        agreement = verify(args.out, reference, images, profile)
+        gate = 100 * args.min_agreement
+        log(f"label agreement engine vs ONNX Runtime FP32: {100 * agreement:.3f}% (gate {gate:.1f}%)")
+        if agreement < args.min_agreement:
+            print(f"build_engine: label agreement {100 * agreement:.3f}% is below the gate", file=sys.stderr)
+            return 1
+    if args.triton_repo is not None:
+        from export.triton import write_repository
+
+        written += write_repository(args.triton_repo, reference or args.onnx, args.out)
+    log(f"done in {time.perf_counter() - start:.1f} s")
+    for path in written:
+        log(f"  wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if agreement is not None:
+        log(f"  label agreement {100 * agreement:.3f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

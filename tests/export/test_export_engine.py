@@ -1,0 +1,365 @@
+"""Everything around TensorRT that runs without it: sidecar, compatibility, precision, CLI, build flow."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from common.metadata import ModelMetadata, Normalization
+from export import build_engine, trt
+from export.precision import PrecisionError, check_fp16, layer_precisions
+from export.sidecar import (
+    EngineMismatch,
+    Profile,
+    Sidecar,
+    SidecarError,
+    check_compatible,
+    compatibility_problems,
+    mismatches,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+STUBS = (
+    Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+)
+
+
+def sidecar(**changes) -> Sidecar:
+    fields = dict(
+        tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+        profile=Profile(), precision="fp16", onnx_sha256="ab" * 32, build_time_s=41.5,
+        metadata=ModelMetadata(width=0.25, normalization=Normalization.caffe()), source_sha256="cd" * 32,
+    )  # fmt: skip
+    fields.update(changes)
+    return Sidecar(**fields)
+
+
+def test_sidecar_round_trip(tmp_path: Path) -> None:
+    plan = tmp_path / "model.plan"
+    path = write_sidecar(plan, sidecar())
+    assert path == sidecar_path(plan) == tmp_path / "model.plan.json"
+    data = json.loads(path.read_text())
+    for key in ("tensorrt_version", "gpu_name", "compute_capability", "profile", "precision", "onnx_sha256"):
+        assert key in data
+    assert data["profile"] == dict(
+        min_batch=1, opt_batch=8, max_batch=16, min_side=32, opt_side=500, max_side=512
+    )
+    assert read_sidecar(plan) == sidecar()
+
+
+def test_missing_or_broken_sidecar_is_a_clear_error(tmp_path: Path) -> None:
+    plan = tmp_path / "model.plan"
+    with pytest.raises(SidecarError, match=r"build_engine\.py"):
+        read_sidecar(plan)
+    sidecar_path(plan).write_text('{"tensorrt_version": "10.13"}')
+    with pytest.raises(SidecarError, match="not a valid engine sidecar"):
+        read_sidecar(plan)
+
+
+def test_compatibility_checks() -> None:
+    info = sidecar()
+    here = dict(gpu_name=info.gpu_name, compute_capability="9.0", tensorrt_version="10.13.0.35")
+    assert mismatches(info, **here) == []
+    check_compatible(info, **here)
+    other_trt = {**here, "tensorrt_version": "11.4.0.106"}
+    assert mismatches(info, **other_trt) == ["built with TensorRT 10.13.0.35, this is TensorRT 11.4.0.106"]
+    other_gpu = {**here, "gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
+    (problem,) = mismatches(info, **other_gpu)
+    assert "compute capability 9.0" in problem and "8.0 (NVIDIA A100-SXM4-80GB)" in problem
+    same_arch = {**here, "gpu_name": "NVIDIA H200"}
+    assert mismatches(info, **same_arch) == ["built on NVIDIA H100 80GB HBM3, this GPU is NVIDIA H200"]
+    with pytest.raises(EngineMismatch, match=r"rebuild it with `python export/build_engine\.py"):
+        check_compatible(info, **other_trt)
+
+
+def test_compatibility_problems_without_tensorrt_names_what_is_missing(monkeypatch) -> None:
+    monkeypatch.setattr(trt, "trt", None)
+    (problem,) = compatibility_problems(sidecar())
+    assert "TensorRT is not installed" in problem
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(min_batch=0), "batch"), (dict(opt_batch=32), "batch"), (dict(min_side=600), "side")],
+)
+def test_profile_validation(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        Profile(**kwargs)
+
+
+def test_profile_shapes_and_cover() -> None:
+    profile = Profile(1, 4, 8, 64, 256, 512)
+    assert profile.shapes() == ((1, 64, 64, 3), (4, 256, 256, 3), (8, 512, 512, 3))
+    assert profile.covers(8, 64, 512) and not profile.covers(9, 100, 100) and not profile.covers(1, 63, 100)
+
+
+def test_profile_flags() -> None:
+    args, profile = build_engine.parse_args(["--onnx", "m.onnx", "--out", "m.plan"])
+    assert profile == Profile(1, 8, 16, 32, 500, 512) and args.workspace_gb == 4.0 and args.opt_level == 3
+    _, profile = build_engine.parse_args(
+        ["--onnx", "m.onnx", "--out", "m.plan", "--max-batch", "32", "--opt-side", "384", "--min-side", "64"]
+    )
+    assert profile == Profile(1, 8, 32, 64, 384, 512)
+    for bad in (["--opt-batch", "20"], ["--max-side", "16"], ["--opt-level", "6"], ["--workspace-gb", "0"]):
+        with pytest.raises(SystemExit):
+            build_engine.parse_args(["--onnx", "m.onnx", "--out", "m.plan", *bad])
+
+
+@pytest.mark.parametrize("how", [["export/build_engine.py"], ["-m", "export.build_engine"]])
+def test_cli_without_tensorrt_prints_one_line(how: list[str], exported, tmp_path: Path) -> None:
+    if trt.trt is not None and hasattr(trt.trt, "Builder"):
+        pytest.skip("TensorRT is installed here")
+    command = [sys.executable, *how, "--onnx", str(exported.onnx), "--out", str(tmp_path / "m.plan")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("build_engine: cannot build a TensorRT engine: ")
+    assert "TensorRT is not installed" in lines[0] or "CUDA" in lines[0]
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_environment_names_each_missing_piece(monkeypatch) -> None:
+    monkeypatch.setattr(trt, "trt", None)
+    with pytest.raises(trt.TensorRTUnavailable, match="TensorRT is not installed"):
+        trt.environment()
+    with pytest.raises(trt.TensorRTUnavailable, match="TensorRT is not installed"):
+        trt.TensorRTRunner(Path("x.plan"))
+    monkeypatch.setattr(trt, "trt", SimpleNamespace(Builder=object, __version__="10.13.0.35"))
+    monkeypatch.setattr(trt, "cudart", None)
+    with pytest.raises(trt.TensorRTUnavailable, match="cuda-python"):
+        trt.environment()
+    monkeypatch.setattr(trt, "cudart", SimpleNamespace(cudaGetDeviceCount=lambda: (100, 0)))
+    with pytest.raises(trt.TensorRTUnavailable, match="no CUDA GPU"):
+        trt.environment()
+    properties = SimpleNamespace(name=b"NVIDIA H100 80GB HBM3\0\0", major=9, minor=0)
+    fake = SimpleNamespace(
+        cudaGetDeviceCount=lambda: (0, 1), cudaGetDeviceProperties=lambda d: (0, properties)
+    )
+    monkeypatch.setattr(trt, "cudart", fake)
+    assert trt.environment() == trt.Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+def layer(name: str, kind: str, datatype: str, *, split: bool = False) -> dict:
+    tensor = {"Name": f"{name}_out", "Dimensions": [1, 21, 64, 64]}
+    tensor.update(
+        {"DataType": datatype, "Format": "Row major linear"} if split else {"Format/Datatype": datatype}
+    )
+    return {"Name": name, "LayerType": kind, "Inputs": [], "Outputs": [tensor]}
+
+
+def engine_json(*layers: dict) -> str:
+    return json.dumps({"Layers": list(layers), "Bindings": ["image", "labels"]})
+
+
+def test_layer_precisions_tensorrt10_format() -> None:
+    info = engine_json(
+        layer("node_sub + node_div", "PointWiseV2", "Row major linear FP32 format"),
+        layer(
+            "node_conv1 + node_relu", "CaskConvolution", "Channel major FP16 format where channel % 8 == 0"
+        ),
+        layer("node_upscore8", "CaskDeconvolutionV2", "Half"),
+        layer("node_argmax", "Reduce", "Int32"),
+    )
+    report = layer_precisions(info)
+    assert (report.layers, report.fp16_layers, report.convolutions, report.fp16_convolutions) == (4, 2, 2, 2)
+    check_fp16(report)
+
+
+def test_layer_precisions_tensorrt11_split_fields_and_silent_fp32() -> None:
+    info = engine_json(
+        layer("node_conv1", "CaskConvolution", "Float", split=True),
+        layer("node_conv2", "CaskConvolution", "Float", split=True),
+    )
+    report = layer_precisions(info)
+    assert report.fp16_convolutions == 0 and report.fp32_convolution_names == ("node_conv1", "node_conv2")
+    with pytest.raises(PrecisionError, match="2 of 2 convolution layers run in FP32"):
+        check_fp16(report)
+    mixed = layer_precisions(
+        engine_json(
+            layer("a", "CaskConvolution", "Half", split=True),
+            layer("b", "CaskConvolution", "Float", split=True),
+        )
+    )
+    with pytest.raises(PrecisionError):
+        check_fp16(mixed)
+    check_fp16(mixed, allowed_fp32_convolutions=1)
+
+
+def test_layer_precisions_needs_detailed_verbosity() -> None:
+    with pytest.raises(PrecisionError, match="DETAILED"):
+        layer_precisions(json.dumps({"Layers": ["node_conv1 + node_relu", "node_argmax"]}))
+    with pytest.raises(PrecisionError, match="JSON"):
+        layer_precisions("not json")
+
+
+class FakeTensorRT:
+    """Records what export.trt asks of TensorRT (names as in TensorRT 10.13's Python API)."""
+
+    __version__ = "10.13.0.35"
+
+    def __init__(self, parse_ok: bool = True) -> None:
+        self.calls: dict = {}
+        self.parse_ok = parse_ok
+        fake = self
+        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1)
+        self.MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
+        self.ProfilingVerbosity = SimpleNamespace(DETAILED="detailed")
+        self.LayerInformationFormat = SimpleNamespace(JSON="json")
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
+        self.Dims = tuple
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls["flags"] = flags
+                return SimpleNamespace(get_input=lambda i: SimpleNamespace(name="image"))
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return SimpleNamespace(set_shape=lambda *a: fake.calls.__setitem__("shape", a))
+
+            def build_serialized_network(self, network, config):
+                return b"PLAN"
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return memoryview(self.data + b"+tuned")
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls["workspace"] = (pool, size)
+
+            def add_optimization_profile(self, profile):
+                fake.calls["profiles"] = fake.calls.get("profiles", 0) + 1
+
+            def create_timing_cache(self, data):
+                fake.calls["cache_in"] = bytes(data)
+                return Cache(bytes(data))
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.cache = cache
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.num_errors = 0 if fake.parse_ok else 2
+
+            def parse_from_file(self, path):
+                return fake.parse_ok
+
+            def get_error(self, i):
+                return SimpleNamespace(
+                    code=lambda: "UNSUPPORTED_NODE", desc=lambda: f"problem {i}",
+                    node_name=lambda: f"node_{i}", node_operator=lambda: "ConvTranspose",
+                )  # fmt: skip
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, plan):
+                inspector = SimpleNamespace(get_engine_information=lambda fmt: engine_json())
+                return SimpleNamespace(create_engine_inspector=lambda: inspector)
+
+        self.Builder, self.OnnxParser, self.Runtime = Builder, Parser, Runtime
+
+
+def test_build_engine_flow_with_a_fake_tensorrt(monkeypatch, tmp_path: Path) -> None:
+    fake = FakeTensorRT()
+    monkeypatch.setattr(trt, "trt", fake)
+    cache = tmp_path / "timing.cache"
+    options = trt.BuildOptions(Profile(1, 2, 4, 32, 64, 128), 1 << 30, 5, cache)
+    built = trt.build_engine(tmp_path / "m.onnx", options)
+    assert built.plan == b"PLAN" and not built.timing_cache_reused
+    assert fake.calls["flags"] == 1 << 1  # STRONGLY_TYPED
+    assert fake.calls["workspace"] == ("workspace", 1 << 30) and fake.calls["profiles"] == 1
+    assert fake.calls["shape"] == ("image", (1, 32, 32, 3), (2, 64, 64, 3), (4, 128, 128, 3))
+    assert cache.read_bytes() == b"+tuned"
+    again = trt.build_engine(tmp_path / "m.onnx", options)
+    assert again.timing_cache_reused and fake.calls["cache_in"] == b"+tuned"
+    del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED  # TensorRT 11: always strongly typed, no flag
+    trt.build_engine(tmp_path / "m.onnx", options)
+    assert fake.calls["flags"] == 0
+
+
+def test_every_parser_error_is_reported(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(trt, "trt", FakeTensorRT(parse_ok=False))
+    with pytest.raises(trt.EngineBuildError) as caught:
+        trt.build_engine(tmp_path / "m.onnx", trt.BuildOptions())
+    message = str(caught.value)
+    assert "problem 0 at node node_0 (ConvTranspose)" in message and "problem 1 at node node_1" in message
+
+
+def test_tensorrt_names_exist_in_the_stubs() -> None:
+    """Every ``trt.X`` export/trt.py uses exists in the TensorRT 10.13 API (tensorrt-stubs)."""
+    stub = STUBS / "tensorrt_bindings" / "tensorrt.pyi"
+    if not stub.is_file():
+        pytest.skip("tensorrt-stubs is not installed")
+    api = stub.read_text()
+    source = (REPO / "export" / "trt.py").read_text()
+    used = set(re.findall(r"\btrt\.([A-Z][A-Za-z]+)", source))
+    assert {"Builder", "OnnxParser", "Runtime", "MemoryPoolType", "ProfilingVerbosity"} <= used
+    for name in used:
+        assert re.search(rf"^class {name}\b", api, re.M), name
+    methods = set(re.findall(r"\.([a-z_]+[a-z0-9_]*)\(", source)) & set(
+        re.findall(r"def ([a-z_0-9]+)\(", api)
+    )
+    used_methods = (
+        "create_network parse_from_file get_error set_memory_pool_limit set_shape add_optimization_profile "
+        "create_timing_cache set_timing_cache build_serialized_network deserialize_cuda_engine "
+        "create_engine_inspector get_engine_information create_execution_context set_input_shape "
+        "set_tensor_address execute_async_v3 get_tensor_shape get_tensor_profile_shape get_tensor_mode "
+        "get_tensor_dtype"
+    )
+    for method in used_methods.split():
+        assert method in methods, method
+    attributes = (
+        "STRONGLY_TYPED WORKSPACE DETAILED builder_optimization_level profiling_verbosity num_io_tensors"
+    )
+    for attribute in [*attributes.split(), "num_errors"]:
+        assert re.search(rf"\b{attribute}\b", api), attribute
+
+
+@pytest.mark.gpu
+def test_engine_matches_onnx_runtime(exported, tmp_path: Path) -> None:
+    try:
+        trt.environment()
+    except trt.TensorRTUnavailable as error:
+        pytest.skip(f"needs TensorRT and a CUDA GPU: {error}")
+    import onnx
+
+    from export.fp16 import convert_to_fp16
+
+    fp16 = tmp_path / "fp16.onnx"
+    onnx.save(convert_to_fp16(onnx.load(str(exported.onnx))).model, str(fp16))
+    plan = tmp_path / "m.plan"
+    code = build_engine.main(
+        ["--onnx", str(fp16), "--out", str(plan), "--reference", str(exported.onnx), "--verify",
+         "--opt-batch", "2", "--max-batch", "4", "--opt-side", "128", "--max-side", "256", "--count", "4"]
+    )  # fmt: skip
+    assert code == 0 and read_sidecar(plan).precision == "fp16"
+    runner = trt.TensorRTRunner(plan)
+    labels = runner.run(np.zeros((3, 45, 77, 3), dtype=np.uint8))
+    runner.close()
+    assert labels.shape == (3, 45, 77) and labels.dtype == np.uint8
