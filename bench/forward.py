@@ -95,10 +95,9 @@ def time_batch(
     return {name: s for name, s in samples.items() if name not in failed and s}, failed
 
 
-def summarize(
-    runner: Runner, batch: int, samples: list[float], gflop_per_image: float, peak_gflops: float | None
-) -> dict[str, Any]:
-    """One result row: latency percentiles, throughput, achieved GFLOP/s, share of peak, paper ratios."""
+def summarize(runner: Runner, batch: int, samples: list[float], gflop_per_image: float) -> dict[str, Any]:
+    """One result row: latency percentiles, throughput, achieved GFLOP/s, paper ratios (the share of the
+    peak is filled in by :func:`apply_peak`)."""
     stats = percentiles(samples)
     p50_s = stats["p50_ms"] / 1000
     ms_per_image = stats["p50_ms"] / batch
@@ -113,7 +112,7 @@ def summarize(
         "ms_per_image": ms_per_image,
         "images_per_s": batch / p50_s,
         "gflops": gflops,
-        "peak_share": gflops / peak_gflops if peak_gflops and runner.device == "cpu" else None,
+        "peak_share": None,
         "time_vs_paper_fcn8s": ms_per_image / PAPER_FCN8S_MS,
         "time_vs_paper_fcn_vgg16": ms_per_image / PAPER_FCN_VGG16_MS,
     }
@@ -130,7 +129,6 @@ def sweep(
     max_seconds: float,
     budget_s: float | None,
     gflop_per_image: float,
-    peak_gflops: float | None,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Time every runner at growing batch sizes; returns the rows and why each backend stopped early."""
     rows: list[dict[str, Any]] = []
@@ -154,7 +152,7 @@ def sweep(
         stopped.update(failed)
         for runner in active:
             if runner.name in samples:
-                row = summarize(runner, batch, samples[runner.name], gflop_per_image, peak_gflops)
+                row = summarize(runner, batch, samples[runner.name], gflop_per_image)
                 rows.append(row)
                 last_p50[runner.name] = (batch, row["p50_ms"] / 1000)
                 log(f"  {runner.name:20s} p50 {row['p50_ms']:9.1f} ms  {row['images_per_s']:7.2f} img/s")
@@ -172,6 +170,22 @@ def sweep(
             next_active.append(runner)
         active = next_active
     return rows, stopped
+
+
+def apply_peak(rows: list[dict[str, Any]], peak_gflops: float) -> None:
+    """Set each CPU row's share of the measured CPU peak (GPU rows have no measured peak: None)."""
+    for row in rows:
+        row["peak_share"] = (
+            row["gflops"] / peak_gflops if row["device"] == "cpu" and peak_gflops > 0 else None
+        )
+
+
+def measure_peaks(threads: int, quick: bool, start: dict[str, Any] | None) -> dict[str, Any]:
+    """The FMA/matmul peak measured before (``start``) and after the sweep; the higher one is used, since
+    other load on the machine can only lower a measurement."""
+    end = measure_peak(threads, quick=quick).to_dict()
+    best = max([p for p in (start, end) if p is not None], key=lambda p: p["gflops"])
+    return best | {"at_start_gflops": start["gflops"] if start else None, "at_end_gflops": end["gflops"]}
 
 
 def _row(rows: list[dict[str, Any]], backend: str, batch: int) -> dict[str, Any] | None:
@@ -308,19 +322,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{slug}: {machine['cpu_model']}, {machine['cores']} cores; "
         f"{spec.key} at {height}x{width}: {gflop:.1f} GFLOP"
     )
-    if args.peak_gflops:
-        peak: dict[str, Any] = {"gflops": args.peak_gflops, "method": "given", "description": "--peak-gflops"}
-    else:
-        log("measuring the CPU float32 peak")
-        peak = measure_peak(args.threads, quick=args.quick).to_dict()
-    log(f"peak {peak['gflops']:.0f} GFLOP/s: {peak['description']}")
+    peak_start = None
+    if not args.peak_gflops:
+        log("measuring the CPU float32 peak (again after the sweep)")
+        peak_start = measure_peak(args.threads, quick=args.quick).to_dict()
+        log(f"peak {peak_start['gflops']:.0f} GFLOP/s: {peak_start['description']}")
     context = BuildContext(spec, args.cache, args.threads, args.rebuild)
     runners, skipped = build_runners(args.backends, context)
     rows, stopped = sweep(
         runners, args.batch_sizes, height, width, warmup=args.warmup, runs=args.runs,
         max_seconds=args.max_seconds, budget_s=args.budget_s, gflop_per_image=gflop,
-        peak_gflops=peak["gflops"],
     )  # fmt: skip
+    if args.peak_gflops:
+        peak: dict[str, Any] = {"gflops": args.peak_gflops, "method": "given", "description": "--peak-gflops"}
+    else:
+        peak = measure_peaks(args.threads, args.quick, peak_start)
+    apply_peak(rows, peak["gflops"])
     targets = evaluate_targets(rows) if (spec.width, height, width) == (1.0, 500, 500) else []
     report = {
         "benchmark": "forward",
@@ -339,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets,
     }
     print(f"\nFCN forward pass, {spec.key} at {height}x{width} ({gflop:.1f} GFLOP/image) on {slug}")
-    print(f"peak {peak['gflops']:.0f} GFLOP/s ({peak['description']})\n")
+    print(f"peak {peak['gflops']:.0f} GFLOP/s ({peak['description']}; higher of the runs before/after)\n")
     print(format_table(rows))
     for name, reason in {**skipped, **stopped}.items():
         print(f"  {name}: {reason}")

@@ -9,6 +9,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+
+def _integer_x(axis: Any, ticks: list[int]) -> None:
+    """A log2 x axis labelled with the plain values that were measured."""
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(ticks)
+    axis.xaxis.set_major_formatter(ScalarFormatter())
+    axis.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _title(report: dict[str, Any]) -> str:
@@ -28,8 +37,9 @@ def plot_forward(report: dict[str, Any], path: Path) -> Path:
         batches = [r["batch"] for r in mine]
         per_batch.plot(batches, [r["p50_ms"] for r in mine], marker="o", label=backend)
         per_image.plot(batches, [r["ms_per_image"] for r in mine], marker="o", label=backend)
+    batches = sorted({r["batch"] for r in rows})
     for axis in (per_batch, per_image):
-        axis.set_xscale("log", base=2)
+        _integer_x(axis, batches)
         axis.set_yscale("log")
         axis.set_xlabel("batch size")
         axis.grid(True, which="both", alpha=0.3)
@@ -71,7 +81,7 @@ def plot_http(report: dict[str, Any], path: Path) -> Path:
         )
         p99.axhline(raw["batch1_ms"], color="k", linestyle="--", label="raw forward, batch 1")
     for axis in (throughput, p99):
-        axis.set_xscale("log", base=2)
+        _integer_x(axis, sorted({r["concurrency"] for r in rows}))
         axis.set_xlabel("concurrent clients (closed loop)")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
