@@ -30,10 +30,16 @@ def unique_colours(count: int, start: int = 1) -> list[tuple[int, int, int]]:
 
 
 def post_image(
-    client: httpx.Client, url: str, data: bytes, content_type: str = "image/png", **kwargs: object
+    client: httpx.Client,
+    url: str,
+    data: bytes,
+    content_type: str = "image/png",
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     """POST raw image bytes to ``/segment``."""
-    return client.post(url + "/segment", content=data, headers={"Content-Type": content_type}, **kwargs)  # type: ignore[arg-type]
+    return client.post(
+        url + "/segment", content=data, headers={"Content-Type": content_type, **(headers or {})}
+    )
 
 
 def label_map(response: httpx.Response) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""Security: API key, CORS, limits reported, no file-system access from requests, no unpickling."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from . import inputs
+from .conftest import TINY_SETTINGS
+from .helpers import assert_clean_error, post_image
+from .serverproc import REPO_ROOT, ServerProcess, running_server
+
+KEY = "s3cret-key-for-tests"
+ORIGIN = "http://app.example.test"
+GOOD = inputs.png(40, 30)
+
+
+@pytest.fixture(scope="module")
+def secured(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
+) -> Iterator[ServerProcess]:
+    """The tiny server with an API key, the key also required on /metrics, and one CORS origin."""
+    settings = {
+        "model": tiny_models["good"],
+        "max_side": 64,
+        "bucket": 64,
+        "api_key": KEY,
+        "metrics_need_key": True,
+        "cors_origins": f"{ORIGIN}, http://other.example.test",
+    }
+    with running_server(settings, tmp_path_factory.mktemp("secured") / "server.log") as server:
+        yield server
+
+
+def test_api_key_is_required_where_configured(secured: ServerProcess) -> None:
+    with httpx.Client(base_url=secured.url, timeout=10) as client:
+        for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}, {"X-API-Key": ""}):
+            response = client.post("/segment", content=GOOD, headers={"Content-Type": "image/png", **headers})
+            assert "API key" in assert_clean_error(response, {401})
+            assert_clean_error(client.get("/v1/model", headers=headers), {401})
+            assert_clean_error(client.get("/metrics", headers=headers), {401})
+        auth = {"X-API-Key": KEY}
+        ok = client.post("/segment", content=GOOD, headers={"Content-Type": "image/png", **auth})
+        assert ok.status_code == 200
+        assert client.get("/v1/model", headers=auth).status_code == 200
+        assert client.get("/metrics", headers=auth).status_code == 200
+        assert client.get("/health/live").status_code == 200  # probes need no key
+        assert client.get("/health/ready").status_code == 200
+
+
+def test_key_is_not_leaked_in_logs_or_model_info(secured: ServerProcess) -> None:
+    info = httpx.get(secured.url + "/v1/model", headers={"X-API-Key": KEY}).json()
+    assert KEY not in str(info)
+    assert KEY not in secured.log()
+
+
+def test_cors_allows_only_configured_origins(secured: ServerProcess) -> None:
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key"}
+    allowed = httpx.options(secured.url + "/segment", headers={"Origin": ORIGIN, **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    denied = httpx.options(
+        secured.url + "/segment", headers={"Origin": "http://evil.example.test", **preflight}
+    )
+    assert denied.headers.get("access-control-allow-origin") != "http://evil.example.test"
+    simple = httpx.get(secured.url + "/health/live", headers={"Origin": "http://evil.example.test"})
+    assert "access-control-allow-origin" not in simple.headers
+
+
+def test_cors_is_off_and_metrics_open_by_default(tiny_server: ServerProcess) -> None:
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+    response = httpx.options(tiny_server.url + "/segment", headers=preflight)
+    assert "access-control-allow-origin" not in response.headers
+    simple = httpx.get(tiny_server.url + "/health/live", headers={"Origin": ORIGIN})
+    assert "access-control-allow-origin" not in simple.headers
+    assert httpx.get(tiny_server.url + "/metrics").status_code == 200
+
+
+def test_limits_are_reported(tiny_server: ServerProcess) -> None:
+    limits = httpx.get(tiny_server.url + "/v1/model").json()["limits"]
+    assert limits["max_body_bytes"] == TINY_SETTINGS["max_body_bytes"]
+    assert limits["max_pixels"] == TINY_SETTINGS["max_pixels"]
+    assert limits["max_side"] == TINY_SETTINGS["max_side"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../server/settings.py",
+        "/static/%2e%2e/settings.py",
+        "/static/..%2fsettings.py",
+        "/static/%2e%2e%2f%2e%2e%2fpyproject.toml",
+        "/static//etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/static/" + "%2e%2e/" * 8 + "etc/passwd",
+    ],
+)
+def test_no_request_path_reaches_the_file_system(tiny_server: ServerProcess, path: str) -> None:
+    response = httpx.get(tiny_server.url + path)
+    assert response.status_code in (400, 404), (path, response.status_code)
+    assert (
+        "root:" not in response.text
+        and "BaseSettings" not in response.text
+        and "[project]" not in response.text
+    )
+
+
+def test_request_id_is_echoed_only_when_sane(tiny_server: ServerProcess) -> None:
+    with httpx.Client(timeout=10) as client:
+        sane = post_image(client, tiny_server.url, GOOD, headers={"X-Request-ID": "abc-123"})
+        assert sane.headers["x-request-id"] == "abc-123"
+        long = post_image(client, tiny_server.url, GOOD, headers={"X-Request-ID": "a" * 5000})
+        assert long.status_code == 200 and len(long.headers["x-request-id"]) <= 128
+
+
+def _python_files(*folders: str) -> Iterator[Path]:
+    for folder in folders:
+        yield from (REPO_ROOT / folder).rglob("*.py")
+
+
+def test_checkpoints_never_unpickle() -> None:
+    """Every torch.load passes weights_only=True; nothing calls pickle.load(s) in the product code."""
+    for path in _python_files("common", "training", "export", "server", "bench"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+            where = f"{path.relative_to(REPO_ROOT)}:{node.lineno}"
+            if (owner, node.func.attr) == ("torch", "load"):
+                flags = {k.arg: k.value for k in node.keywords}
+                assert isinstance(flags.get("weights_only"), ast.Constant), where
+                assert flags["weights_only"].value is True, where  # type: ignore[attr-defined]
+            assert (owner, node.func.attr) not in {("pickle", "load"), ("pickle", "loads")}, where
+
+
+def test_server_never_imports_torch() -> None:
+    for path in _python_files("server"):
+        assert not re.search(r"^\s*(import torch|from torch)", path.read_text(), re.M), path
+
+
+def test_containers_run_as_non_root() -> None:
+    dockerfiles = sorted((REPO_ROOT / "docker").glob("Dockerfile*"))
+    if not dockerfiles:
+        pytest.skip("no Dockerfile in docker/ yet")
+    for dockerfile in dockerfiles:
+        users = re.findall(r"^USER\s+(\S+)", dockerfile.read_text(), re.M)
+        assert users, f"{dockerfile.name} has no USER line"
+        assert users[-1].split(":")[0] not in ("root", "0"), f"{dockerfile.name} runs as {users[-1]}"
