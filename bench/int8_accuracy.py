@@ -81,7 +81,7 @@ def compare(
 
 def evaluate(
     onnx_path: Path, variants: Sequence[Sequence[str]], *, count: int, size: int, calib_count: int,
-    calib_size: int, runs: int, threads: int, work_dir: Path,
+    calib_size: int, runs: int, threads: int, work_dir: Path, reduce_range: bool = False,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Quantise once per variant and compare it with FP32 on the held-out scenes."""
     scenes = held_out_scenes(count, size)
@@ -94,7 +94,7 @@ def evaluate(
     rows = []
     for index, keep in enumerate(variants):
         out = work_dir / f"int8-{index}.onnx"
-        result = quantize_onnx(onnx_path, out, calibration, keep_fp32=keep)
+        result = quantize_onnx(onnx_path, out, calibration, keep_fp32=keep, reduce_range=reduce_range)
         session = _session(out, threads)
         row = {
             "keep_fp32": list(keep),
@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calib-count", type=int, default=16, help="synthetic calibration scenes")
     parser.add_argument("--calib-size", type=int, default=320, help="side of the calibration scenes")
     parser.add_argument("--runs", type=int, default=10, help="timed runs for the forward times")
+    parser.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs without VNNI)")
     parser.add_argument("--machine", help="results folder name (default: from the CPU model)")
     parser.add_argument(
         "--out", type=Path, help="JSON report (default: bench/results/<machine>/int8-accuracy.json)"
@@ -151,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = evaluate(
             args.onnx, variants, count=args.count, size=args.size, calib_count=args.calib_count,
             calib_size=args.calib_size, runs=args.runs, threads=usable_cores(), work_dir=Path(tmp),
+            reduce_range=args.reduce_range,
         )  # fmt: skip
     best = max(rows, key=lambda r: r["agreement"])
     report = {
@@ -159,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine | {"slug": args.machine or machine_slug(machine)},
         "held_out": {"count": args.count, "size": args.size, "seed": HELD_OUT_SEED},
         "calibration": {"count": args.calib_count, "size": args.calib_size, "seed": 0},
+        "reduce_range": args.reduce_range,
         "results": rows,
         "target": {
             "goal": "label agreement >= 0.99",

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from bench.int8_accuracy import compare, evaluate
 from export.quantize import QuantizationError, main, quantize_onnx, resolve_nodes, synthetic_images
 from training.synth import make_scene, scene_rng
 
@@ -97,3 +98,24 @@ def test_cli_with_an_image_folder(
     assert _props(out)["precision"] == "int8"
     assert "2 calibration images" in capsys.readouterr().out
     assert main(["--onnx", str(tiny_fp32), "--out", str(out), "--calib-dir", str(tmp_path / "none")]) == 1
+
+
+def test_accuracy_comparison_counts_agreement_and_iu() -> None:
+    truth = [np.array([[0, 0], [1, 255]], np.uint8)]
+    fp32 = [np.array([[0, 0], [1, 1]], np.uint8)]
+    int8 = [np.array([[0, 1], [1, 0]], np.uint8)]
+    result = compare(fp32, int8, truth, num_classes=2)
+    assert result["agreement"] == pytest.approx(0.5)  # all pixels, void included
+    assert result["fp32_mean_iu"] == pytest.approx(1.0)  # the void pixel is not scored
+    assert result["int8_mean_iu"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert result["mean_iu_change"] == pytest.approx(-0.5)
+
+
+def test_accuracy_report_on_the_tiny_model(tiny_fp32: Path, tmp_path: Path) -> None:
+    rows = evaluate(
+        tiny_fp32, [(), ("fc6",)], count=2, size=64, calib_count=2, calib_size=64, runs=1, threads=1,
+        work_dir=tmp_path,
+    )  # fmt: skip
+    assert [r["keep_fp32"] for r in rows] == [[], ["fc6"]]
+    assert rows[1]["int8_nodes"] < rows[0]["int8_nodes"]
+    assert all(0 <= r["agreement"] <= 1 and r["int8_ms"] > 0 for r in rows)
