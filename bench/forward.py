@@ -132,9 +132,12 @@ def sweep(
     runs: int,
     max_seconds: float,
     budget_s: float | None,
+    max_batch: dict[str, int] | None = None,
     gflop_per_image: float,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Time every runner at growing batch sizes; returns the rows and why each backend stopped early."""
+    """Time every runner at growing batch sizes; returns the rows and why each backend stopped early.
+
+    ``max_batch`` caps named backends' batch sizes (e.g. the reference-only ones, to save time)."""
     rows: list[dict[str, Any]] = []
     stopped: dict[str, str] = {}
     last_p50: dict[str, tuple[int, float]] = {}
@@ -165,6 +168,10 @@ def sweep(
             if runner.name not in samples:
                 continue
             larger = [b for b in batch_sizes if b > batch]
+            cap = (max_batch or {}).get(runner.name)
+            if larger and cap is not None and min(larger) > cap:
+                stopped[runner.name] = f"--max-batch {runner.name}={cap}"
+                continue
             if larger and last_p50[runner.name][1] * min(larger) / batch > max_seconds:
                 stopped[runner.name] = (
                     f"batch {min(larger)} would take ~{last_p50[runner.name][1] * min(larger) / batch:.1f} s "
@@ -287,6 +294,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-seconds", type=float, default=8.0, help="stop growing a backend's batch past this"
     )
     parser.add_argument(
+        "--max-batch",
+        nargs="*",
+        default=[],
+        metavar="BACKEND=N",
+        help="cap a backend's batch size (saves time)",
+    )
+    parser.add_argument(
         "--budget-s", type=float, help="stop the sweep before a batch size that would overrun this"
     )
     parser.add_argument(
@@ -313,6 +327,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.runs < 1 or args.warmup < 0 or min(args.batch_sizes) < 1 or min(args.size) < 1:
         parser.error("--runs, --batch-sizes and --size must be positive, --warmup non-negative")
     args.backends = args.backends or list(BACKENDS)
+    try:
+        args.max_batch = {name: int(n) for name, n in (item.split("=", 1) for item in args.max_batch)}
+    except ValueError:
+        parser.error("--max-batch takes BACKEND=N items")
+    unknown = set(args.max_batch) - set(BACKENDS)
+    if unknown:
+        parser.error(f"--max-batch names unknown backends {sorted(unknown)}")
     return args
 
 
@@ -338,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runners, skipped = build_runners(args.backends, context)
     rows, stopped = sweep(
         runners, args.batch_sizes, height, width, warmup=args.warmup, runs=args.runs,
-        max_seconds=args.max_seconds, budget_s=args.budget_s, gflop_per_image=gflop,
+        max_seconds=args.max_seconds, budget_s=args.budget_s, gflop_per_image=gflop, max_batch=args.max_batch,
     )  # fmt: skip
     if args.peak_gflops:
         peak: dict[str, Any] = {"gflops": args.peak_gflops, "method": "given", "description": "--peak-gflops"}
@@ -354,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "note": args.note,
         "peak": peak,
         "model": asdict(spec) | {"height": height, "image_width": width, "gflop_per_image": gflop},
-        "settings": {k: args.__dict__[k] for k in ("warmup", "runs", "max_seconds", "budget_s", "threads")},
+        "settings": {
+            k: args.__dict__[k] for k in ("warmup", "runs", "max_seconds", "max_batch", "budget_s", "threads")
+        },
         "paper": {"fcn8s_ms": PAPER_FCN8S_MS, "fcn_vgg16_ms": PAPER_FCN_VGG16_MS, "device": PAPER_GPU},
         "backends": {r.name: r.description for r in runners},
         "skipped": skipped,

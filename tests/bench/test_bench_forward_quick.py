@@ -67,3 +67,17 @@ def test_failing_backend_is_reported_not_fatal() -> None:
     )  # fmt: skip
     assert {(r["backend"], r["batch"]) for r in rows} == {("good", 1), ("good", 2)}
     assert "out of memory" in stopped["bad"]
+
+
+def test_max_batch_caps_one_backend() -> None:
+    runners = [
+        Runner(name, "cpu", "fp32", "test", prepare=lambda images: images, run=lambda images: None)
+        for name in ("capped", "free")
+    ]
+    rows, stopped = forward.sweep(
+        runners, [1, 2, 4], 8, 8, warmup=0, runs=1, max_seconds=60, budget_s=None, gflop_per_image=1.0,
+        max_batch={"capped": 2},
+    )  # fmt: skip
+    assert [r["batch"] for r in rows if r["backend"] == "capped"] == [1, 2]
+    assert [r["batch"] for r in rows if r["backend"] == "free"] == [1, 2, 4]
+    assert stopped == {"capped": "--max-batch capped=2"}
