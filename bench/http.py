@@ -365,8 +365,9 @@ def evaluate_targets(
         ">= 0.95",
         None if share is None else share >= 0.95,
     )
-    errors = sum(sum(r["errors"].values()) for r in rows if r["mode"] == "closed")
-    add("errors in the closed-loop sweep", float(errors), "== 0", errors == 0 if rows else None)
+    closed = [r for r in rows if r["mode"] == "closed"]
+    errors = sum(sum(r["errors"].values()) for r in closed)
+    add("errors in the closed-loop sweep", float(errors), "== 0", errors == 0 if closed else None)
     if 16 in batched and 16 in unbatched and unbatched[16]["throughput_rps"] > 0:
         gain = batched[16]["throughput_rps"] / unbatched[16]["throughput_rps"]
         add("batching on / off throughput at concurrency 16 (GPU target >= 3)", gain, ">= 3 (GPU only)", None)
