@@ -29,6 +29,8 @@ if [ -f "$run/docker.pid" ] && kill -0 "$(cat "$run/docker.pid")" 2>/dev/null \
   exit 0
 fi
 
+# A previous engine that was killed (not stopped) leaves pidfiles behind; neither process runs now.
+rm -f "$run/docker.pid" "$run/exec/containerd/containerd.pid"
 mkdir -p "$root" "$run"
 log "starting dockerd (data root $root, log $run/dockerd.log) ..."
 setsid dockerd --iptables=false --bridge=none --ip-forward=false --ip-masq=false \
