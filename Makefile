@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest install-server install-dev demo-model clean
+.PHONY: serve test lint typecheck pytest soak system-deps install-server install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,14 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy export/trt.py
 
-pytest: install-dev
+system-deps:  ## Debian packages the browser tests drive (the Docker test installs its own engine)
+	bash scripts/install-chromium.sh
+
+pytest: install-dev system-deps
 	$(BIN)/python -m pytest
+
+soak: install-dev  ## minutes of sustained load against a real server; figures go to bench/results/
+	$(BIN)/python -m bench.soak
 
 test: lint typecheck pytest  ## install everything, lint, type-check and run the whole suite
 
