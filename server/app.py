@@ -457,18 +457,22 @@ def create_app(settings: Settings, backend_loader: BackendLoader = load_backend)
 
 
 async def _warm_up(service: Service) -> None:
-    """Run every bucket shape once (batch 1), then report ready; a failure marks the service fatal."""
+    """Run every bucket shape once (batch 1) and the largest at ``max_batch_size``, then report ready.
+
+    A failure marks the service fatal (readiness stays 503 and ``python -m server`` exits 1).
+    """
     settings, batcher = service.settings, service.batcher
     assert batcher is not None
     try:
         if settings.warmup:
-            shapes = all_buckets(settings.bucket, settings.max_side)
+            buckets = all_buckets(settings.bucket, settings.max_side)
+            shapes = [(1, h, w) for h, w in buckets] + [(settings.max_batch_size, *buckets[-1])]
             start = time.perf_counter()
-            for index, (height, width) in enumerate(shapes, start=1):
-                images = np.empty((1, height, width, 3), dtype=np.uint8)
+            for index, shape in enumerate(shapes, start=1):
+                images = np.empty((*shape, 3), dtype=np.uint8)
                 images[...] = service.pad_colour
                 labels = await batcher.run_direct(images)
-                if labels.shape != (1, height, width):
+                if labels.shape != shape:
                     raise ValueError(f"backend returned {labels.shape} for input {images.shape}")
                 if index % max(1, len(shapes) // 10) == 0 or index == len(shapes):
                     log.info("warm-up %d/%d shapes", index, len(shapes))

@@ -2,7 +2,8 @@
 
 Labels are ``red // 13`` per pixel, so they depend only on the pixel itself (padding cannot change them).
 A batch containing an image whose top-left pixel is ``SLOW`` sleeps ``FAKE_SLOW_S`` seconds; one with a
-``FAIL`` pixel raises. ``python -m tests.server.server_fakes`` serves it with the usual FCN_* settings.
+``FAIL`` pixel raises (every batch raises with ``FAKE_BROKEN=1``).
+``python -m tests.server.server_fakes`` serves it with the usual FCN_* settings.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FakeBackend:
 
     slow_s: float = 1.0
     warmup_s: float = 0.0
+    broken: bool = False
     name: str = "fake"
     provider: str = "FakeExecutionProvider"
     precision: str = "fp32"
@@ -45,7 +47,7 @@ class FakeBackend:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         corners = {tuple(int(v) for v in image[0, 0]) for image in images}
-        if FAIL in corners:
+        if self.broken or FAIL in corners:
             raise InjectedFault("injected fault")
         if SLOW in corners:
             time.sleep(self.slow_s)
@@ -65,6 +67,7 @@ def main() -> int:
     backend = FakeBackend(
         slow_s=float(os.environ.get("FAKE_SLOW_S", "1.0")),
         warmup_s=float(os.environ.get("FAKE_WARMUP_S", "0")),
+        broken=os.environ.get("FAKE_BROKEN") == "1",
     )
     return serve(parse_settings([]), backend_loader=lambda _: backend)
 

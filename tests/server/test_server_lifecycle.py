@@ -86,3 +86,10 @@ def test_bad_model_file_exits_with_one_clear_line(tmp_path: Path) -> None:
         errors = [line for line in server.log().splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and phrase in errors[0], server.log()
         assert "Traceback" not in server.log()
+
+
+def test_failed_warm_up_exits_non_zero_without_ever_being_ready(tmp_path: Path) -> None:
+    server = start_server(tmp_path, FAKE_SETTINGS, module=FAKES, extra_env={"FAKE_BROKEN": "1"})
+    assert server.proc.wait(60) == 1
+    errors = [line for line in server.log().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "warm-up failed: InjectedFault" in errors[0], server.log()
