@@ -28,6 +28,7 @@ from common.metadata import ModelMetadata
 from export.graph import DeployableFCN, deployable_graph
 from export.images import synthetic_batch
 from export.onnx_meta import PROP_METADATA, PROP_PRECISION, PROP_SHA256
+from export.passes import fold_pool_padding
 from training.model import FCNBase
 from training.weights import CheckpointError, file_sha256, load_checkpoint
 
@@ -228,7 +229,9 @@ def export_onnx(
         proto = onnx.load(str(partial))
     finally:
         partial.unlink(missing_ok=True)
-    log(f"traced in {time.perf_counter() - start:.1f} s; {len(proto.graph.node)} nodes")
+    folded = fold_pool_padding(proto)
+    nodes = len(proto.graph.node)
+    log(f"traced in {time.perf_counter() - start:.1f} s; {nodes} nodes ({folded} pads folded into pools)")
     name_output_dims(proto)
     set_properties(
         proto,
