@@ -5,9 +5,9 @@
 TensorRT 11 has no FP16 builder flag: a network is strongly typed, so FP16 must be in the ONNX graph
 itself. The conversion keeps the graph's contract (uint8 ``image`` in, uint8 ``labels`` out, float32
 ``scores`` if present) and, by default, keeps in FP32 the input normalisation (everything before the
-first convolution: the Caffe mean is not representable in FP16) and ``ArgMax`` (its input is cast back,
-which is exact). Further nodes can be kept in FP32 by name or op type. Casts are inserted at every
-boundary between the FP16 and FP32 parts.
+first convolution: three cheap channels, and FP16 would round the fractional Caffe mean) and ``ArgMax``
+(its input is cast back to FP32, which is exact). Further nodes can be kept in FP32 by name or op
+type. Casts are inserted at every boundary between the FP16 and FP32 parts.
 
 The label agreement with the FP32 model is measured on the CPU (ONNX Runtime when it runs FP16
 convolutions, otherwise onnx's reference evaluator) and gated (default ≥ 99.5%).
