@@ -25,8 +25,9 @@ FAKE_BASE: dict[str, object] = {
     "bucket": 64,
     "max_body_bytes": 300_000,
     "max_pixels": 1_000_000,
+    "warmup": False,
 }
-"""Settings every fake-backend server starts from (one 64/128 bucket grid: warm-up is 4 shapes)."""
+"""Settings every fake-backend server starts from (no warm-up: the fake's delays apply to every call)."""
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .fakes import FakeSpec
+from .fakes import FakeSpec, seen_marks
 from .helpers import (
     assert_clean_error,
     failures,
@@ -96,15 +96,18 @@ def test_burst_is_shed_with_retry_after_and_admitted_requests_finish(tmp_path: P
 
 
 def test_rejection_does_not_wait_for_the_model(tmp_path: Path) -> None:
-    """With the model busy (1 s per batch) and the queue full, each further request is refused at once."""
-    settings = {**OVERLOAD_SETTINGS, "deadline_ms": 10_000}
-    with fake_server(tmp_path, settings, FakeSpec(delay_s=1.0)) as server:
-        fill = unique_colours(2 + QUEUE_SIZE, start=700)  # one running batch of 2, a full queue behind it
+    """With the model busy (2.5 s per batch) and the queue full, each further request is refused at once."""
+    settings = {**OVERLOAD_SETTINGS, "deadline_ms": 15_000, "max_batch_size": QUEUE_SIZE}
+    with fake_server(tmp_path, settings, FakeSpec(delay_s=2.5)) as server:
+        calls = tmp_path / "backend-calls.jsonl"
+        fill = unique_colours(1 + QUEUE_SIZE, start=700)  # one running request, a full queue behind it
         with httpx.Client(timeout=20) as client, concurrent.futures.ThreadPoolExecutor(len(fill)) as pool:
-            admitted = [pool.submit(post_image, client, server.url, solid_png(c)) for c in fill]
+            admitted = [pool.submit(post_image, client, server.url, solid_png(fill[0]))]
+            assert wait_until(lambda: fill[0] in seen_marks(calls), 5.0)  # the first batch is running
+            admitted += [pool.submit(post_image, client, server.url, solid_png(c)) for c in fill[1:]]
             assert wait_until(lambda: metrics(server.url)["fcn_queue_depth"] == QUEUE_SIZE, 5.0)
             latencies = []
-            for colour in unique_colours(30, start=800):
+            for colour in unique_colours(20, start=800):
                 start = time.perf_counter()
                 response = post_image(client, server.url, solid_png(colour))
                 latencies.append(time.perf_counter() - start)
@@ -112,7 +115,7 @@ def test_rejection_does_not_wait_for_the_model(tmp_path: Path) -> None:
             assert [f.result().status_code for f in admitted] == [200] * len(fill)
     p99_ms = 1000 * percentile(latencies, 99)
     print(f"reject latency, queue full: p50 {1000 * percentile(latencies, 50):.1f} ms, p99 {p99_ms:.1f} ms")
-    assert p99_ms < 250, latencies  # a batch takes 1000 ms: a rejection never waits for one
+    assert p99_ms < 250, latencies  # a batch takes 2500 ms: a rejection never waits for one
 
 
 @pytest.mark.xfail(
