@@ -18,7 +18,7 @@ from server.imaging import decode_image
 
 from . import inputs
 from .conftest import TINY_SETTINGS
-from .helpers import assert_clean_error, label_map, post_image
+from .helpers import assert_clean_error, failures, label_map, metrics, post_image
 from .models import expected_labels
 from .rawhttp import Trickler, send_head_only, stream_chunked_until_answer
 from .serverproc import ServerProcess
@@ -44,8 +44,10 @@ def assert_still_serving(client: httpx.Client, server: ServerProcess) -> None:
 def test_bad_body_gets_documented_4xx(
     client: httpx.Client, tiny_server: ServerProcess, case: inputs.Case
 ) -> None:
+    before = failures(metrics(tiny_server.url, client), "bad_input")
     response = post_image(client, tiny_server.url, case.make(), case.content_type)
     assert_clean_error(response, case.expected)
+    assert failures(metrics(tiny_server.url, client), "bad_input") == before + 1
     assert_still_serving(client, tiny_server)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from .fakes import HANG, POISON, FakeSpec, read_calls, seen_marks
 from .helpers import assert_clean_error, failures, metrics, post_image, solid_png, unique_colours, wait_until
-from .rawhttp import connect, request_head
+from .rawhttp import Trickler, connect, read_response, request_head
 from .serverproc import ServerProcess, fake_server, spawn
 
 FAULTY_SETTINGS: dict[str, object] = {
@@ -108,6 +108,22 @@ def test_hang_beyond_deadline_times_out_cleanly_and_readiness_reports_it(faulty:
     assert failures(after, "cancelled") - failures(before, "cancelled") == len(gone_colours)
     images = after["fcn_inference_images_total"] - before["fcn_inference_images_total"]
     assert images == 2  # the hung image and the one after recovery; none of the expired or cancelled
+
+
+def test_body_slower_than_the_deadline_gets_408(faulty: ServerProcess) -> None:
+    """A client trickling its body past the deadline is answered 408 and holds nothing after that."""
+    body = solid_png((11, 12, 13))
+    trickler = Trickler(faulty.url, body, "image/png", interval=0.05)
+    try:
+        trickler.trickle(1.5)  # the deadline is 1 s
+        assert trickler.sent < len(body)
+        response = read_response(trickler.sock)
+    finally:
+        trickler.close()
+    assert response.status_code == 408
+    assert "did not arrive" in response.json()["detail"]  # type: ignore[operator]
+    assert (11, 12, 13) not in seen_marks(faulty.calls_path)  # type: ignore[attr-defined]
+    assert httpx.get(faulty.url + "/health/ready").status_code == 200
 
 
 def test_sigterm_under_load_drains(tmp_path: Path) -> None:
