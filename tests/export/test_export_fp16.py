@@ -101,7 +101,7 @@ def test_scores_output_stays_float32(fp32_model: onnx.ModelProto) -> None:
 def test_label_agreement_meets_the_gate(fp32_model: onnx.ModelProto, converted: fp16.Conversion) -> None:
     images = list(synthetic_batch(4, 96, 128, seed=7))
     agreement, engine = label_agreement(fp32_model, converted.model, images)
-    assert engine == "onnxruntime"
+    assert engine.startswith("onnxruntime CPU (FP16 tensors")
     assert 0.995 <= agreement <= 1.0
 
 
@@ -118,7 +118,7 @@ def test_cli_writes_and_reports(exported: Exported, tmp_path: Path) -> None:
 
 
 def test_cli_gate_blocks_the_write(exported: Exported, tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(fp16, "label_agreement", lambda *args: (0.99, "onnxruntime"))
+    monkeypatch.setattr(fp16, "label_agreement", lambda *args: (0.99, "onnxruntime CPU"))
     out = tmp_path / "fp16.onnx"
     assert fp16.main(["--onnx", str(exported.onnx), "--out", str(out), "--count", "1", "--size", "16"]) == 1
     assert "99.000%" in capsys.readouterr().err and not out.exists()
