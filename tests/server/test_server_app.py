@@ -77,3 +77,17 @@ def test_choose_format(query: str | None, accept: str | None, expected: str) -> 
 def test_pad_colour_is_the_normalisation_mean() -> None:
     assert neutral_colour(Normalization()) == (124, 116, 104)
     assert neutral_colour(Normalization.caffe()) == (123, 117, 104)
+
+
+def test_web_page_is_served_from_server_static() -> None:
+    from server.app import STATIC_DIR
+
+    if not (STATIC_DIR / "index.html").is_file():
+        pytest.skip("server/static/index.html (the web page) is not there yet")
+    for client in _client():
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.text == (STATIC_DIR / "index.html").read_text()
+        scripts = sorted(p.name for p in STATIC_DIR.glob("*.js"))
+        if scripts:
+            assert client.get(f"/static/{scripts[0]}").status_code == 200
