@@ -610,7 +610,7 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
     body = await service.in_codec_thread(_encode, outcome.labels, original, fmt, meta)
     metrics.encode_seconds.observe(time.perf_counter() - start)
     headers = {
-        "X-Model": meta.name,
+        "X-Model": meta.name.encode("ascii", "replace").decode(),
         "X-Batch-Size": str(outcome.batch_size),
         "X-Queue-Ms": f"{outcome.queue_s * 1000:.2f}",
         "X-Inference-Ms": f"{outcome.inference_s * 1000:.2f}",
