@@ -155,7 +155,7 @@ class Run:
     """Everything one training run mutates: saved to ``resume.pt`` and restored by ``--resume``."""
 
     model: FCNBase
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     sampler: Sampler
     step: int = 0
@@ -192,7 +192,16 @@ class Run:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
 
-RESUMABLE = {"iterations", "epochs", "checkpoint_every", "eval_every", "resume", "device", "progress"}
+RESUMABLE = {
+    "iterations",
+    "epochs",
+    "checkpoint_every",
+    "eval_every",
+    "resume",
+    "device",
+    "progress",
+    "threads",
+}
 """Settings that may change between a run and its resumption."""
 
 
@@ -244,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument(
         "--momentum", type=float, default=None, help="SGD momentum (default 0.99 sum, 0.9 mean)"
     )
+    optim.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "adam"],
+        help="sgd (reference) or adam (--momentum = beta1)",
+    )
     optim.add_argument("--weight-decay", type=float, default=5e-4)
     optim.add_argument("--batch-size", type=int, default=1)
     length = optim.add_mutually_exclusive_group()
@@ -255,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=1337)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    run.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+    )
     run.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
     run.add_argument(
         "--checkpoint-every", type=int, default=1000, help="write resume.pt every N steps (0: never)"
@@ -280,21 +298,23 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error("--scale needs 0 < MIN <= MAX")
 
 
-def main(argv: list[str] | None = None) -> ModelMetadata:
-    """Run the CLI; returns the metadata written into ``<out>/model.safetensors``."""
+def main(argv: list[str] | None = None) -> tuple[FCNBase, ModelMetadata]:
+    """Run the CLI; returns the trained model and the metadata written into ``<out>/model.safetensors``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate(parser, args)
     args.lr = LOSS_DEFAULTS[args.loss]["lr"] if args.lr is None else args.lr
     args.momentum = LOSS_DEFAULTS[args.loss]["momentum"] if args.momentum is None else args.momentum
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config = json.loads(json.dumps(vars(args), default=str))  # plain JSON values, as resume.pt stores them
     command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     return train(args, config, command)
 
 
-def train(args: argparse.Namespace, config: dict[str, Any], command: str) -> ModelMetadata:
+def train(args: argparse.Namespace, config: dict[str, Any], command: str) -> tuple[FCNBase, ModelMetadata]:
     """Train, evaluate and save as ``args`` says (see ``build_parser``)."""
     device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     amp = args.amp and device.type == "cuda"
     torch.manual_seed(args.seed)
     dataset = open_dataset(args.data, args.split)
@@ -307,9 +327,11 @@ def train(args: argparse.Namespace, config: dict[str, Any], command: str) -> Mod
 
     model, metadata, init_description = initial_model(args)
     model.to(device).train()
-    optimizer = torch.optim.SGD(
-        param_groups(model, args.lr, args.weight_decay), lr=args.lr, momentum=args.momentum
-    )
+    groups = param_groups(model, args.lr, args.weight_decay)
+    if args.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
+    else:
+        optimizer = torch.optim.Adam(groups, lr=args.lr, betas=(args.momentum, 0.999))
     run = Run(
         model,
         optimizer,
@@ -331,7 +353,7 @@ def train(args: argparse.Namespace, config: dict[str, Any], command: str) -> Mod
         f"{args.arch} width {model.width}: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"init: {init_description}\n{len(dataset)} training images ({args.data}, {args.split}), "
         f"{iterations} steps of {args.batch_size} on {device}{' with AMP' if amp else ''}; "
-        f"loss {args.loss}, lr {args.lr:g}, momentum {args.momentum}"
+        f"{args.optimizer}, loss {args.loss}, lr {args.lr:g}, momentum {args.momentum}"
     )
     new_log = not log_path.exists()
     with log_path.open("a", newline="") as log_file:
@@ -395,6 +417,7 @@ def train(args: argparse.Namespace, config: dict[str, Any], command: str) -> Mod
             "batch_size": args.batch_size,
             "loss": args.loss,
             "lr": args.lr,
+            "optimizer": args.optimizer,
             "momentum": args.momentum,
             "weight_decay": args.weight_decay,
             "augment": {"scale": list(args.scale), "crop": args.crop, "flip": args.flip},
@@ -420,7 +443,7 @@ def train(args: argparse.Namespace, config: dict[str, Any], command: str) -> Mod
         f"mean IU {100 * result.mean_iu:.1f}, pixel acc. {100 * result.pixel_accuracy:.1f}\n"
         f"wrote {args.out / MODEL_FILE}, {args.out / 'metrics.json'}, {log_path}"
     )
-    return metadata
+    return model, metadata
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""A short training run on synthetic data: loss falls, the checkpoint reloads, resume continues exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from training import evaluate, train
+from training.weights import load_checkpoint
+
+WIDTH = "0.03125"
+
+
+def _train(data: Path, out: Path, *extra: str) -> tuple[torch.nn.Module, Any]:
+    return train.main(
+        ["--data", str(data), "--arch", "fcn8s", "--width", WIDTH, "--batch-size", "2", "--loss", "mean",
+         "--optimizer", "adam", "--lr", "2e-3", "--weight-decay", "0", "--seed", "0", "--out", str(out),
+         "--no-progress", *extra]
+    )  # fmt: skip
+
+
+def _log(out: Path) -> list[dict[str, str]]:
+    with (out / "log.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def short_run(synth_voc: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module, Any]:
+    out = tmp_path_factory.mktemp("run")
+    model, metadata = _train(synth_voc, out, "--iterations", "16", "--checkpoint-every", "0")
+    return out, model, metadata
+
+
+def test_loss_falls(short_run: tuple[Path, torch.nn.Module, Any]) -> None:
+    out, _, _ = short_run
+    losses = [float(row["loss"]) for row in _log(out)]
+    assert len(losses) == 16
+    assert losses[0] == pytest.approx(math.log(21), rel=1e-4)  # zero-initialised score layers: uniform
+    assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4
+
+
+def test_checkpoint_reloads_to_identical_outputs(short_run: tuple[Path, torch.nn.Module, Any]) -> None:
+    out, model, metadata = short_run
+    loaded, loaded_metadata = load_checkpoint(out / "model.safetensors")
+    assert loaded_metadata == metadata
+    assert metadata.training["iterations"] == 16 and metadata.training["optimizer"] == "adam"
+    assert metadata.training["command"].startswith("python -m training.train --data ")
+    assert set(metadata.metrics) >= {"pixel_accuracy", "mean_accuracy", "mean_iu", "frequency_weighted_iu"}
+    x = torch.randn(2, 3, 41, 37)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_evaluate_cli_reproduces_the_training_metrics(
+    short_run: tuple[Path, torch.nn.Module, Any], synth_voc: Path, tmp_path: Path
+) -> None:
+    out, _, metadata = short_run
+    report = evaluate.main(
+        ["--checkpoint", str(out / "model.safetensors"), "--data", str(synth_voc), "--split", "val",
+         "--json", str(tmp_path / "eval.json")]
+    )  # fmt: skip
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written == report
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iu", "frequency_weighted_iu", "class_iu"):
+        assert written[key] == pytest.approx(metadata.metrics[key]), key
+
+
+def test_resume_continues_exactly(synth_voc: Path, tmp_path: Path) -> None:
+    reference, _ = _train(synth_voc, tmp_path / "straight", "--iterations", "6", "--checkpoint-every", "0")
+    resumed_dir = tmp_path / "resumed"
+    _train(synth_voc, resumed_dir, "--iterations", "3", "--checkpoint-every", "3")
+    resumed, _ = _train(synth_voc, resumed_dir, "--iterations", "6", "--resume")
+    assert [int(row["step"]) for row in _log(resumed_dir)] == list(range(1, 7))
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_bad_settings_are_refused(synth_voc: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        _train(synth_voc, tmp_path, "--init", "vgg16")  # no --init-from
+    with pytest.raises(FileNotFoundError, match=r"resume\.pt"):
+        _train(synth_voc, tmp_path / "empty", "--iterations", "1", "--resume")
