@@ -1,0 +1,88 @@
+"""Start-up with a TensorRT engine built elsewhere: refused with one clear line, or ONNX Runtime fallback.
+
+The machine's GPU and TensorRT version are faked (``export.trt.environment``) as an H100 with TensorRT
+10.13, so the sidecar check runs the same on machines with and without a GPU; the engine never loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.metadata import ModelMetadata
+from server.backends.base import BackendError
+from server.backends.select import Environment, load_backend
+from server.settings import Settings
+
+sidecar = pytest.importorskip("export.sidecar", reason="export/sidecar.py (engine sidecar) is missing")
+trt = pytest.importorskip("export.trt", reason="export/trt.py is missing")
+
+HERE = trt.Environment(tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+GPU_MACHINE = Environment(gpu=True, tensorrt=True, ort_cuda=False)
+
+
+def _engine(folder: Path, *, gpu: str, capability: str, version: str) -> Path:
+    plan = folder / "model.plan"
+    plan.write_bytes(b"a serialized engine would be here")
+    info = sidecar.Sidecar(
+        tensorrt_version=version,
+        gpu_name=gpu,
+        compute_capability=capability,
+        profile=sidecar.Profile(min_side=32, opt_side=256, max_side=512, max_batch=16),
+        precision="fp16",
+        onnx_sha256="0" * 64,
+        build_time_s=1.0,
+        metadata=ModelMetadata(name="elsewhere"),
+    )
+    sidecar.write_sidecar(plan, info)
+    return plan
+
+
+@pytest.fixture(autouse=True)
+def h100_with_tensorrt_10_13(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trt, "environment", lambda device=0: HERE)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "capability", "version", "phrases"),
+    [
+        ("NVIDIA A100-SXM4-80GB", "8.0", "10.13.0", ["compute capability 8.0", "A100", "9.0"]),
+        ("NVIDIA H100 80GB HBM3", "9.0", "10.3.0", ["TensorRT 10.3.0", "TensorRT 10.13.0"]),
+        ("NVIDIA L4", "8.9", "11.4.0", ["TensorRT 11.4.0", "compute capability 8.9"]),
+    ],
+)
+def test_engine_from_another_gpu_or_tensorrt_is_refused_in_one_line(
+    tmp_path: Path, gpu: str, capability: str, version: str, phrases: list[str]
+) -> None:
+    plan = _engine(tmp_path, gpu=gpu, capability=capability, version=version)
+    settings = Settings(model=plan, backend="tensorrt", max_side=512, bucket=64)
+    with pytest.raises(BackendError) as info:
+        load_backend(settings, GPU_MACHINE)
+    message = str(info.value)
+    assert "\n" not in message and "model.plan cannot run here" in message, message
+    for phrase in phrases:
+        assert phrase in message, (phrase, message)
+
+
+def test_engine_without_sidecar_is_refused_in_one_line(tmp_path: Path) -> None:
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"engine")
+    with pytest.raises(BackendError) as info:
+        load_backend(Settings(model=plan, backend="tensorrt"), GPU_MACHINE)
+    assert "sidecar" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_mismatched_engine_falls_back_to_onnx_runtime_where_configured(
+    tmp_path: Path, tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``backend=auto`` with the engine's ``.onnx`` beside it: ONNX Runtime serves, with a warning."""
+    plan = _engine(tmp_path, gpu="NVIDIA A100-SXM4-80GB", capability="8.0", version="10.13.0")
+    shutil.copy(tiny_models["good"], plan.with_suffix(".onnx"))
+    with caplog.at_level(logging.WARNING):
+        backend = load_backend(Settings(model=plan, backend="auto", max_side=512, bucket=64), GPU_MACHINE)
+    assert backend.name == "onnxruntime" and backend.provider == "CPUExecutionProvider"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("falling back to ONNX Runtime on model.onnx" in w and "A100" in w for w in warnings), warnings
