@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(images)} images from {len(args.photos)} photos; model {backend.metadata.name}; pad {fill}")
     same = {g: 0 for g in args.buckets}
     padded_pixels = {g: 0 for g in args.buckets}
+    worst = {g: 1.0 for g in args.buckets}
     total, start = 0, time.perf_counter()
     for index, image in enumerate(images, start=1):
         height, width = image.shape[:2]
@@ -61,14 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for granularity in args.buckets:
             shape = bucket_shape(height, width, granularity, args.max_side)
             labels = backend.run(pad_to(image, shape, fill)[None])[0, :height, :width]
-            same[granularity] += int((labels == reference).sum())
+            equal = int((labels == reference).sum())
+            same[granularity] += equal
+            worst[granularity] = min(worst[granularity], equal / (height * width))
             padded_pixels[granularity] += shape[0] * shape[1] - height * width
         print(f"  [{index}/{len(images)}] {height}x{width}", flush=True)
     print(f"done in {time.perf_counter() - start:.0f} s; {total} pixels")
-    print("bucket  agreement  padding overhead")
+    print("bucket  agreement  worst image  padding overhead")
     for granularity in args.buckets:
         agreement = 100 * same[granularity] / total
-        print(f"{granularity:6d}  {agreement:8.3f}%  {100 * padded_pixels[granularity] / total:6.1f}%")
+        overhead = 100 * padded_pixels[granularity] / total
+        print(f"{granularity:6d}  {agreement:8.3f}%  {100 * worst[granularity]:10.3f}%  {overhead:6.1f}%")
     return 0
 
 
