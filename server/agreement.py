@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from server.app import neutral_colour
+from server.backends.base import Backend
 from server.backends.ort import OnnxRuntimeBackend
 from server.batcher import bucket_shape, pad_to
 from server.imaging import decode_image, inference_size, resize_rgb
@@ -31,6 +33,41 @@ def variants(photo: np.ndarray, max_side: int, long_sides: Sequence[int]) -> lis
     return out
 
 
+@dataclass
+class Agreement:
+    """Equal labels between bucketed and unpadded forwards, pooled over images."""
+
+    equal: int = 0
+    pixels: int = 0
+    padded: int = 0
+    worst: float = 1.0
+
+    @property
+    def share(self) -> float:
+        return self.equal / self.pixels if self.pixels else 1.0
+
+
+def measure(
+    backend: Backend, images: Sequence[np.ndarray], granularities: Sequence[int], max_side: int
+) -> dict[int, Agreement]:
+    """For each granularity: labels of the padded-and-cropped forward vs the forward at the image's size."""
+    fill = neutral_colour(backend.metadata.normalization)
+    results = {g: Agreement() for g in granularities}
+    for index, image in enumerate(images, start=1):
+        height, width = image.shape[:2]
+        reference = backend.run(image[None])[0]
+        for granularity, result in results.items():
+            shape = bucket_shape(height, width, granularity, max_side)
+            labels = backend.run(pad_to(image, shape, fill)[None])[0, :height, :width]
+            equal = int((labels == reference).sum())
+            result.equal += equal
+            result.pixels += height * width
+            result.padded += shape[0] * shape[1] - height * width
+            result.worst = min(result.worst, equal / (height * width))
+        print(f"  [{index}/{len(images)}] {height}x{width}", flush=True)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -44,35 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     backend = OnnxRuntimeBackend(args.model, use_cuda=False, intra_op_threads=args.threads)
-    fill = neutral_colour(backend.metadata.normalization)
     images = [
         v
         for p in args.photos
         for v in variants(decode_image(p.read_bytes(), 10**9), args.max_side, args.long_sides)
     ]
-    print(f"{len(images)} images from {len(args.photos)} photos; model {backend.metadata.name}; pad {fill}")
-    same = {g: 0 for g in args.buckets}
-    padded_pixels = {g: 0 for g in args.buckets}
-    worst = {g: 1.0 for g in args.buckets}
-    total, start = 0, time.perf_counter()
-    for index, image in enumerate(images, start=1):
-        height, width = image.shape[:2]
-        reference = backend.run(image[None])[0]
-        total += height * width
-        for granularity in args.buckets:
-            shape = bucket_shape(height, width, granularity, args.max_side)
-            labels = backend.run(pad_to(image, shape, fill)[None])[0, :height, :width]
-            equal = int((labels == reference).sum())
-            same[granularity] += equal
-            worst[granularity] = min(worst[granularity], equal / (height * width))
-            padded_pixels[granularity] += shape[0] * shape[1] - height * width
-        print(f"  [{index}/{len(images)}] {height}x{width}", flush=True)
-    print(f"done in {time.perf_counter() - start:.0f} s; {total} pixels")
+    print(f"{len(images)} images from {len(args.photos)} photos; model {backend.metadata.name}")
+    start = time.perf_counter()
+    results = measure(backend, images, args.buckets, args.max_side)
+    print(f"done in {time.perf_counter() - start:.0f} s; {results[args.buckets[0]].pixels} pixels")
     print("bucket  agreement  worst image  padding overhead")
-    for granularity in args.buckets:
-        agreement = 100 * same[granularity] / total
-        overhead = 100 * padded_pixels[granularity] / total
-        print(f"{granularity:6d}  {agreement:8.3f}%  {100 * worst[granularity]:10.3f}%  {overhead:6.1f}%")
+    for granularity, result in results.items():
+        overhead = 100 * result.padded / result.pixels
+        print(f"{granularity:6d}  {100 * result.share:8.3f}%  {100 * result.worst:10.3f}%  {overhead:6.1f}%")
     return 0
 
 

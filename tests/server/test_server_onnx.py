@@ -81,3 +81,31 @@ def test_demo_model_mean_iu_on_synthetic_scenes(demo_server: ServerProcess) -> N
         meter.update(truth, served)
     mean_iu = meter.scores().mean_iu
     assert mean_iu >= 0.8, f"mean IU of the served labels {mean_iu:.3f} < 0.8"
+
+
+@pytest.mark.slow
+def test_demo_model_bucket_padding_agreement_on_photographs() -> None:
+    """Bucketed (padded, cropped) labels vs an unpadded forward at the photo's own size: >= 99.5 %."""
+    from tests.server.conftest import DEMO_ONNX
+
+    if not DEMO_ONNX.is_file():
+        pytest.skip("the demo model models/demo/fcn8s-demo.onnx is not in the repository yet")
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the photographs")
+    from pathlib import Path
+
+    from server.agreement import measure, variants
+    from server.backends.ort import OnnxRuntimeBackend
+    from server.imaging import decode_image
+    from server.settings import Settings
+
+    folder = Path(skimage_data.__file__).parent
+    settings = Settings()
+    images = [
+        image
+        for name in ("chelsea.png", "coffee.png", "rocket.jpg")
+        for image in variants(decode_image((folder / name).read_bytes(), 10**8), settings.max_side, [333])
+    ]
+    backend = OnnxRuntimeBackend(DEMO_ONNX, use_cuda=False)
+    result = measure(backend, images, [settings.bucket], settings.max_side)[settings.bucket]
+    assert result.padded > 0, "the photos should need padding"
+    assert result.share >= 0.995, f"agreement {100 * result.share:.3f}%"
