@@ -21,7 +21,7 @@ from export.sidecar import Profile
 try:
     import tensorrt as trt
 except ImportError:  # pragma: no cover - depends on the machine
-    trt = None
+    trt = None  # type: ignore[assignment]
 
 try:
     from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
@@ -81,6 +81,10 @@ def _cudart() -> Any:
     if cudart is None:
         raise TensorRTUnavailable("the CUDA runtime binding is not installed (pip install cuda-python)")
     return cudart
+
+
+def _dims(dims: trt.Dims) -> tuple[int, ...]:
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 def _check(result: Any) -> Any:
@@ -207,7 +211,7 @@ class TensorRTRunner:
             )
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         low, _, high = self._engine.get_tensor_profile_shape(INPUT_NAME, 0)
-        self.min_shape, self.max_shape = tuple(low), tuple(high)
+        self.min_shape, self.max_shape = _dims(low), _dims(high)
         self._context = self._engine.create_execution_context()
         self._stream = _check(runtime.cudaStreamCreate())
         self._buffers = {n: _DeviceBuffer() for n in names}
@@ -235,7 +239,7 @@ class TensorRTRunner:
             self._context.set_tensor_address(INPUT_NAME, pointer)
             labels = np.empty(0, dtype=np.uint8)
             for name in self._outputs:
-                out_shape = tuple(self._context.get_tensor_shape(name))
+                out_shape = _dims(self._context.get_tensor_shape(name))
                 nbytes = int(np.prod(out_shape)) * self._dtypes[name].itemsize
                 self._context.set_tensor_address(name, self._buffers[name].ensure(max(nbytes, 1)))
                 if name == LABELS_NAME:
