@@ -111,11 +111,12 @@ def segmentation_loss(logits: Tensor, labels: Tensor, mode: str) -> tuple[Tensor
 
 
 class Sampler:
-    """Epoch-wise shuffled batches of indices, resumable (its state is plain Python data)."""
+    """Shuffled batches of indices, one epoch at a time, and the augmentation randomness; resumable."""
 
     def __init__(self, size: int, batch_size: int, seed: int) -> None:
         self.size, self.batch_size = size, batch_size
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng([seed, 0])
+        self.augment_rng = np.random.default_rng([seed, 1])
         self.order: list[int] = []
         self.epoch = 0
 
@@ -129,10 +130,16 @@ class Sampler:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "order": list(self.order), "epoch": self.epoch}
+        return {
+            "rng": self.rng.bit_generator.state,
+            "augment_rng": self.augment_rng.bit_generator.state,
+            "order": list(self.order),
+            "epoch": self.epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
+        self.augment_rng.bit_generator.state = state["augment_rng"]
         self.order, self.epoch = list(state["order"]), int(state["epoch"])
 
 
@@ -347,7 +354,6 @@ def train(args: argparse.Namespace, config: dict[str, Any], command: str) -> tup
         print(f"resumed {resume_path} at step {run.step}")
     elif log_path.exists():
         log_path.unlink()
-    augment_rng = np.random.default_rng([args.seed, run.step])
 
     print(
         f"{args.arch} width {model.width}: {sum(p.numel() for p in model.parameters()):,} parameters; "
@@ -365,7 +371,7 @@ def train(args: argparse.Namespace, config: dict[str, Any], command: str) -> tup
         pixel_loss = float("nan")
         while run.step < iterations:
             step_start = time.perf_counter()
-            samples = [augment(dataset[i], augment_rng) for i in run.sampler.next_batch()]
+            samples = [augment(dataset[i], run.sampler.augment_rng) for i in run.sampler.next_batch()]
             images, labels = collate(samples)
             check_labels(labels, model.num_classes)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

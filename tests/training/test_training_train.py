@@ -73,10 +73,13 @@ def test_evaluate_cli_reproduces_the_training_metrics(
 
 
 def test_resume_continues_exactly(synth_voc: Path, tmp_path: Path) -> None:
-    reference, _ = _train(synth_voc, tmp_path / "straight", "--iterations", "6", "--checkpoint-every", "0")
+    augment = ("--flip", "--scale", "0.8", "1.2", "--crop", "48", "56")
+    reference, _ = _train(
+        synth_voc, tmp_path / "straight", "--iterations", "6", "--checkpoint-every", "0", *augment
+    )
     resumed_dir = tmp_path / "resumed"
-    _train(synth_voc, resumed_dir, "--iterations", "3", "--checkpoint-every", "3")
-    resumed, _ = _train(synth_voc, resumed_dir, "--iterations", "6", "--resume")
+    _train(synth_voc, resumed_dir, "--iterations", "3", "--checkpoint-every", "3", *augment)
+    resumed, _ = _train(synth_voc, resumed_dir, "--iterations", "6", "--resume", *augment)
     assert [int(row["step"]) for row in _log(resumed_dir)] == list(range(1, 7))
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
