@@ -91,3 +91,18 @@ def test_web_page_is_served_from_server_static() -> None:
         scripts = sorted(p.name for p in STATIC_DIR.glob("*.js"))
         if scripts:
             assert client.get(f"/static/{scripts[0]}").status_code == 200
+
+
+def test_flags_mirror_settings_and_override_environment(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from server.__main__ import build_parser, main, parse_settings
+
+    flags = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert flags == set(Settings.model_fields)
+    monkeypatch.setenv("FCN_MAX_BATCH_SIZE", "5")
+    monkeypatch.setenv("FCN_PORT", "9001")
+    monkeypatch.setenv("FCN_CORS_ORIGINS", "https://a.example, https://b.example")
+    settings = parse_settings(["--max-batch-size", "3", "--warmup", "false"])
+    assert (settings.max_batch_size, settings.port, settings.warmup) == (3, 9001, False)
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert main(["--max-batch-size", "0"]) == 2
+    assert "max_batch_size" in capsys.readouterr().err
