@@ -106,3 +106,25 @@ def test_flags_mirror_settings_and_override_environment(monkeypatch: pytest.Monk
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
     assert main(["--max-batch-size", "0"]) == 2
     assert "max_batch_size" in capsys.readouterr().err
+
+
+def test_queue_full_status_503_by_configuration() -> None:
+    import concurrent.futures
+
+    from tests.server.server_fakes import SLOW
+
+    slow = random_image(32, 32)
+    slow[0, 0] = SLOW
+    headers = {"content-type": "image/png"}
+    for client in _client(queue_size=1, max_batch_size=1, queue_full_status=503, retry_after_s=3):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(client.post, "/segment", content=png_bytes(slow), headers=headers)
+            time.sleep(0.3)
+            queued = pool.submit(
+                client.post, "/segment", content=png_bytes(random_image(32, 32)), headers=headers
+            )
+            time.sleep(0.3)
+            rejected = client.post("/segment", content=png_bytes(random_image(32, 32)), headers=headers)
+            assert rejected.status_code == 503 and rejected.headers["retry-after"] == "3"
+            assert "queue full" in rejected.json()["detail"]
+            assert running.result().status_code == 200 and queued.result().status_code == 200
