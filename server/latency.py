@@ -3,7 +3,8 @@
     python -m server.latency --url http://127.0.0.1:8000 --model models/demo/fcn8s-demo.onnx PHOTO.jpg
 
 Sends ``-n`` sequential requests (after a few warm-up ones) and times ``-n`` forwards of the model with
-ONNX Runtime in this process at the size the server infers at (long side capped at ``--max-side``).
+ONNX Runtime in this process at the size the server infers at (long side capped at ``--max-side``), both
+unpadded and padded to the image's bucket.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import httpx
 
+from server.app import neutral_colour
 from server.backends.ort import OnnxRuntimeBackend
+from server.batcher import bucket_shape, pad_to
 from server.imaging import decode_image, inference_size, resize_rgb
 
 
@@ -35,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", type=Path, help="ONNX model for the raw forward (omit to skip it)")
     parser.add_argument("-n", type=int, default=100, help="requests and forwards to time")
-    parser.add_argument("--max-side", type=int, default=512)
+    parser.add_argument("--max-side", type=int, default=512, help="the server's max_side")
+    parser.add_argument("--bucket", type=int, default=64, help="the server's bucket granularity")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads of the forward")
     parser.add_argument("--format", choices=["png", "json"], default="png")
     args = parser.parse_args(argv)
@@ -60,15 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model:
         backend = OnnxRuntimeBackend(args.model, use_cuda=False, intra_op_threads=args.threads)
         rgb = decode_image(body, 10**9)
-        image = resize_rgb(rgb, inference_size(*rgb.shape[:2], args.max_side))[None]
-        for _ in range(3):
-            backend.run(image)
-        forwards = []
-        for _ in range(args.n):
-            start = time.perf_counter()
-            backend.run(image)
-            forwards.append(time.perf_counter() - start)
-        print(f"  raw ONNX Runtime forward at {image.shape[1]}x{image.shape[2]}: {_percentiles(forwards)}")
+        image = resize_rgb(rgb, inference_size(*rgb.shape[:2], args.max_side))
+        bucket = bucket_shape(*image.shape[:2], args.bucket, args.max_side)
+        padded = pad_to(image, bucket, neutral_colour(backend.metadata.normalization))
+        for name, batch in (("own size", image[None]), ("bucket", padded[None])):
+            for _ in range(3):
+                backend.run(batch)
+            forwards = []
+            for _ in range(args.n):
+                start = time.perf_counter()
+                backend.run(batch)
+                forwards.append(time.perf_counter() - start)
+            size = f"{batch.shape[1]}x{batch.shape[2]}"
+            print(f"  raw ONNX Runtime forward at the {name} {size}: {_percentiles(forwards)}")
     return 0
 
 
