@@ -40,7 +40,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, image: Tensor) -> Tensor:
-        x = image.permute(0, 3, 1, 2).to(torch.float32)
+        x = image.to(torch.float32).permute(0, 3, 1, 2)  # cast first: TensorRT takes uint8 only into a Cast
         if self.bgr:
             x = x.flip(1)
         return (x * self.scale - self.mean) / self.std
