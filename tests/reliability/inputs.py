@@ -154,6 +154,18 @@ def exif_rotated_jpeg(width: int, height: int, orientation: int) -> bytes:
     return encode(Image.fromarray(_rgb(width, height)), "JPEG", exif=exif.tobytes())
 
 
+def gif_with_screen(width: int, height: int) -> bytes:
+    """A small GIF whose logical screen descriptor claims ``width`` x ``height``."""
+    data = bytearray(animated_gif(16, 16, 2))
+    data[6:10] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+def svg() -> bytes:
+    """An SVG that points at a local file (a vector format the server must not render)."""
+    return b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><image href="file:///etc/passwd"/></svg>'
+
+
 def other_format(fmt: str, width: int = 64, height: int = 48) -> bytes:
     """The test pattern in another accepted format (``WEBP``, ``BMP``, ``TIFF``, ``GIF``)."""
     return encode(Image.fromarray(_rgb(width, height)), fmt)
@@ -188,6 +200,15 @@ BAD_CASES: tuple[Case, ...] = (
     _case("truncated PNG", truncated_png, "image/png", 400),
     _case("PNG header claiming 100000x100000", png_bomb, "image/png", 413),
     _case("PDF content type", text_file, "application/pdf", 415),
+    _case("no content type", lambda: png(16, 16), "", 415),
+    _case("SVG referencing a local file", svg, "image/svg+xml", 400),
+    _case("PPM (Pillow reads it, not accepted)", lambda: other_format("PPM"), "image/x-portable-pixmap", 415),
+    _case("ICO", lambda: other_format("ICO", 16, 16), "image/x-icon", 415),
+    _case("TGA", lambda: other_format("TGA"), "image/x-tga", 415),
+    _case("EPS (would need Ghostscript)", lambda: other_format("EPS", 16, 16), "image/eps", 415),
+    _case("PNG header claiming 0x0", lambda: raw_png(0, 0, 8, 2, b""), "image/png", 400),
+    _case("PNG header claiming 1x(2^31-1)", lambda: raw_png(1, 2**31 - 1, 8, 2, b""), "image/png", 413),
+    _case("GIF screen claiming 65535x65535", lambda: gif_with_screen(65535, 65535), "image/gif", 413),
 )
 """Inputs the server must refuse with a documented 4xx (and keep serving)."""
 

@@ -141,6 +141,26 @@ def test_chunked_body_over_limit_is_refused_while_streaming(
     assert_still_serving(client, tiny_server)
 
 
+def test_chunked_multipart_over_limit_is_refused(client: httpx.Client, tiny_server: ServerProcess) -> None:
+    big = inputs.noise_png(400, 400)
+    head = (
+        b'--bnd\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
+    body = head + big + b"\r\n--bnd--\r\n"
+    response = client.post(
+        tiny_server.url + "/segment",
+        content=iter([body[i : i + 8192] for i in range(0, len(body), 8192)]),
+        headers={"Content-Type": "multipart/form-data; boundary=bnd"},
+    )
+    assert "limit" in assert_clean_error(response, {413})
+    no_boundary = client.post(
+        tiny_server.url + "/segment", content=b"x", headers={"Content-Type": "multipart/form-data"}
+    )
+    assert "boundary" in assert_clean_error(no_boundary, {400})
+    assert_still_serving(client, tiny_server)
+
+
 def test_oversized_request_head_is_refused(client: httpx.Client, tiny_server: ServerProcess) -> None:
     """Heads over FCN_MAX_HEADER_BYTES get 431 JSON; heads past h11's read buffer are cut off at the
     connection level (400 or a closed connection); either way the server keeps serving."""
