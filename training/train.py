@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from common.classes import IGNORE_INDEX, VOC_CLASSES
+from common.classes import IGNORE_INDEX
 from common.metadata import ModelMetadata, Normalization
 from training.data import Augment, collate, normalize_batch, open_dataset
 from training.evaluate import evaluate_model, format_table, scores_to_json
@@ -54,8 +54,11 @@ LOG_FIELDS = ("step", "epoch", "loss", "pixel_loss", "images_per_s", "elapsed_s"
 
 def initial_model(args: argparse.Namespace) -> tuple[FCNBase, ModelMetadata, str]:
     """Build the model and its metadata (without training info) as ``--init`` says; returns a description."""
-    model = build_model(args.arch, len(VOC_CLASSES), args.width)
-    metadata = ModelMetadata(architecture=args.arch, width=model.width, name=args.name or args.arch)
+    state, source_metadata = read_any_state_dict(args.init_from) if args.init == "checkpoint" else ({}, None)
+    metadata = ModelMetadata(architecture=args.arch, width=args.width, name=args.name or args.arch)
+    if source_metadata is not None:  # a previous stage: keep its classes, palette and normalisation
+        metadata = replace(metadata, classes=source_metadata.classes, palette=source_metadata.palette)
+    model = build_model(args.arch, metadata.num_classes, args.width)
     if args.init == "none":
         described = "kaiming-normal trunk, zero score layers, bilinear upsampling"
         normalization = Normalization()
@@ -64,20 +67,12 @@ def initial_model(args: argparse.Namespace) -> tuple[FCNBase, ModelMetadata, str
         described = f"torchvision VGG16 from {args.init_from}"
         normalization = Normalization()
     else:
-        state, source_metadata = read_any_state_dict(args.init_from)
         copied = import_previous_stage(model, state, what=str(args.init_from))
         described = f"{len(copied)} layers copied by name from {args.init_from}"
-        if source_metadata is None:  # a pytorch-fcn Caffe-converted .pth
-            normalization = Normalization.caffe()
-        else:
-            normalization = source_metadata.normalization
-            metadata = replace(metadata, classes=source_metadata.classes, palette=source_metadata.palette)
+        # a pytorch-fcn .pth carries no metadata: it is a Caffe-preprocessing net
+        normalization = Normalization.caffe() if source_metadata is None else source_metadata.normalization
     if args.normalization != "auto":
         normalization = NORMALIZATIONS[args.normalization]
-    if len(metadata.classes) != model.num_classes:  # only when a checkpoint brought other class names
-        raise ValueError(
-            f"{args.init_from} has {len(metadata.classes)} classes; this trainer builds {model.num_classes}"
-        )
     return model, replace(metadata, normalization=normalization), described
 
 

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import torch
 
+from common.metadata import Normalization
 from training import evaluate, train
+from training.model import build_model
 from training.weights import load_checkpoint
 
 WIDTH = "0.03125"
@@ -90,3 +92,25 @@ def test_bad_settings_are_refused(synth_voc: Path, tmp_path: Path) -> None:
         _train(synth_voc, tmp_path, "--init", "vgg16")  # no --init-from
     with pytest.raises(FileNotFoundError, match=r"resume\.pt"):
         _train(synth_voc, tmp_path / "empty", "--iterations", "1", "--resume")
+
+
+def test_staged_cli_from_a_caffe_converted_32s_to_16s_to_8s(synth_voc: Path, tmp_path: Path) -> None:
+    fcn32 = build_model("fcn32s", 21, float(WIDTH))
+    for parameter in fcn32.parameters():
+        parameter.data.normal_(0, 0.01)
+    torch.save(fcn32.state_dict(), tmp_path / "fcn32s_from_caffe.pth")
+    stage16, metadata16 = train.main(
+        ["--data", str(synth_voc), "--arch", "fcn16s", "--width", WIDTH, "--init", "checkpoint",
+         "--init-from", str(tmp_path / "fcn32s_from_caffe.pth"), "--lr", "1e-12", "--iterations", "1",
+         "--out", str(tmp_path / "16s"), "--no-progress"]
+    )  # fmt: skip
+    assert metadata16.normalization == Normalization.caffe()
+    assert "layers copied by name" in metadata16.training["init"]
+    assert torch.allclose(stage16.conv1_1.weight, fcn32.conv1_1.weight, atol=1e-6)
+    stage8, metadata8 = train.main(
+        ["--data", str(synth_voc), "--arch", "fcn8s", "--width", WIDTH, "--init", "checkpoint",
+         "--init-from", str(tmp_path / "16s" / "model.safetensors"), "--lr", "1e-14", "--iterations", "1",
+         "--out", str(tmp_path / "8s"), "--no-progress"]
+    )  # fmt: skip
+    assert metadata8.normalization == Normalization.caffe() and metadata8.architecture == "fcn8s"
+    assert torch.allclose(stage8.score_pool4.weight, stage16.score_pool4.weight, atol=1e-9)
