@@ -98,7 +98,7 @@ def evaluate(
         session = _session(out, threads)
         row = {
             "keep_fp32": list(keep),
-            "int8_nodes": result.quantized_nodes,
+            "int8_convolutions": result.int8_convolutions,
             **compare(fp32_labels, predict(session, images), truth, num_classes),
             "fp32_ms": fp32_ms,
             "int8_ms": median_ms(session, images[0], runs),

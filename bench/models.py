@@ -103,10 +103,13 @@ def int8_onnx(spec: ModelSpec, cache: Path = DEFAULT_CACHE, rebuild: bool = Fals
 
 
 def plain_onnx(spec: ModelSpec, cache: Path = DEFAULT_CACHE, rebuild: bool = False) -> Path:
-    """The network alone (float NCHW normalised input → float scores; no pre/post-processing), as exported
-    by ``export.onnx`` otherwise (same export-friendly layers, dynamic N/H/W): the baseline that shows what
-    the in-graph normalisation and argmax cost."""
+    """The network alone (float NCHW normalised input → float scores; no pre/post-processing), exported as
+    ``export.onnx`` does otherwise (same export-friendly layers, pool padding folded, dynamic N/H/W): the
+    baseline that shows what the in-graph normalisation and argmax cost."""
+    import onnx
+
     from export.graph import export_friendly
+    from export.passes import fold_pool_padding
 
     path = Path(cache) / f"{spec.key}-plain.onnx"
     if path.exists() and not rebuild:
@@ -128,4 +131,7 @@ def plain_onnx(spec: ModelSpec, cache: Path = DEFAULT_CACHE, rebuild: bool = Fal
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(path))
+    model = onnx.load(str(path))
+    fold_pool_padding(model)
+    onnx.save(model, str(path))
     return path

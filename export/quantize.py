@@ -17,7 +17,6 @@ import argparse
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "labels"
 QUANTIZED_OP_TYPES: tuple[str, ...] = ("Conv", "Relu", "MaxPool")
 """Op types quantised by default: convolutions, the ReLUs after them (folded into the conv output range) and
-the pools between them (int8 in, int8 out). The -inf padding before ceil-mode pools stays FP32."""
+the pools between them (int8 in, int8 out)."""
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -55,8 +54,8 @@ class QuantizeResult:
 
     out: Path
     calibration_images: int
-    quantized_nodes: int
-    """Nodes whose input is dequantised from int8 (i.e. run in INT8)."""
+    int8_convolutions: int
+    """Convolutions whose weights are int8 (dequantised from a quantised initializer)."""
     kept_fp32: tuple[str, ...]
     """Node names excluded by ``keep_fp32``."""
     seconds: float
@@ -166,24 +165,20 @@ def quantize_onnx(
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         excluded = resolve_nodes(onnx.load(str(prepared), load_external_data=False), keep_fp32)
         _log(f"calibrating on {len(images)} images ({method}); keeping {len(excluded)} nodes in FP32")
-        with warnings.catch_warnings():
-            # The -inf padding before each ceil-mode pool has an infinite range; ORT still computes (unused)
-            # quantisation parameters for it and warns about the division.
-            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-            quantize_static(
-                str(prepared),
-                str(out),
-                ImageReader(images),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
-                per_channel=True,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded,
-                calibrate_method=CALIBRATION_METHODS[method],
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            )
+        quantize_static(
+            str(prepared),
+            str(out),
+            ImageReader(images),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=CALIBRATION_METHODS[method],
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
     quantized = onnx.load(str(out))
     check_interface(quantized)
     props = {p.key: p.value for p in original.metadata_props} | {"precision": "int8"}
@@ -191,16 +186,20 @@ def quantize_onnx(
     for key, value in props.items():
         quantized.metadata_props.add(key=key, value=value)
     onnx.save(quantized, str(out))
-    int8_nodes = _int8_nodes(quantized)
-    return QuantizeResult(out, len(images), int8_nodes, tuple(excluded), time.perf_counter() - start)
+    convolutions = int8_convolutions(quantized)
+    return QuantizeResult(out, len(images), convolutions, tuple(excluded), time.perf_counter() - start)
 
 
-def _int8_nodes(model: onnx.ModelProto) -> int:
-    """Compute nodes that read a DequantizeLinear output (the ones ONNX Runtime fuses into int8 kernels)."""
-    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    quant_ops = {"QuantizeLinear", "DequantizeLinear"}
+def int8_convolutions(model: onnx.ModelProto) -> int:
+    """Convolutions whose weight input is a DequantizeLinear of an initializer (int8 weights)."""
+    initializers = {t.name for t in model.graph.initializer}
+    weights = {
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+    }
     return sum(
-        1 for n in model.graph.node if n.op_type not in quant_ops and dequantized.intersection(n.input)
+        1 for n in model.graph.node if n.op_type in {"Conv", "ConvTranspose"} and n.input[1] in weights
     )
 
 
@@ -248,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _log(
         f"done in {result.seconds:.1f} s: wrote {result.out} ({result.out.stat().st_size / 1e6:.1f} MB), "
-        f"{result.quantized_nodes} nodes in INT8, {len(result.kept_fp32)} kept in FP32, "
+        f"{result.int8_convolutions} convolutions with int8 weights, "
+        f"{len(result.kept_fp32)} nodes kept in FP32, "
         f"{result.calibration_images} calibration images"
     )
     return 0

@@ -117,5 +117,5 @@ def test_accuracy_report_on_the_tiny_model(tiny_fp32: Path, tmp_path: Path) -> N
         work_dir=tmp_path,
     )  # fmt: skip
     assert [r["keep_fp32"] for r in rows] == [[], ["fc6"]]
-    assert rows[1]["int8_nodes"] < rows[0]["int8_nodes"]
+    assert rows[1]["int8_convolutions"] == rows[0]["int8_convolutions"] - 1
     assert all(0 <= r["agreement"] <= 1 and r["int8_ms"] > 0 for r in rows)
