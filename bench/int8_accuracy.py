@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no such model: {args.onnx}", file=sys.stderr)
         return 1
     machine = describe_machine()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     variants = [tuple(v.split()) for v in args.variants]
     with tempfile.TemporaryDirectory(prefix="fcn-int8-") as tmp:
         rows = evaluate(
@@ -159,8 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = max(rows, key=lambda r: r["agreement"])
     report = {
         "benchmark": "int8-accuracy",
+        "started": started,
         "model": str(args.onnx),
-        "machine": machine | {"slug": args.machine or machine_slug(machine)},
+        "machine": machine
+        | {"slug": args.machine or machine_slug(machine), "load_average_at_end": list(os.getloadavg())},
         "held_out": {"count": args.count, "size": args.size, "seed": HELD_OUT_SEED},
         "calibration": {"count": args.calib_count, "size": args.calib_size, "seed": 0},
         "reduce_range": args.reduce_range,

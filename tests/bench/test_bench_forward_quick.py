@@ -10,6 +10,7 @@ import pytest
 
 from bench import forward
 from bench.backends import Runner
+from bench.report import render
 
 
 def test_quick_forward_report(model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,6 +40,8 @@ def test_quick_forward_report(model_cache: Path, tmp_path: Path, capsys: pytest.
     printed = capsys.readouterr().out
     assert "ort-cpu-int8" in printed and "p50 ms" in printed
     assert report["targets"] == []  # targets apply to the full-size net at 500x500 only
+    markdown = render(out)
+    assert "#### `forward.json`" in markdown and "| ort-cpu-int8 | 2 |" in markdown
 
 
 def test_batch_growth_stops_at_the_time_limit() -> None:

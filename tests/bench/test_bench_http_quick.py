@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import http
+from bench.report import render
 
 pytest.importorskip("server.app", reason="the server package is not importable")
 
@@ -36,6 +37,7 @@ def test_quick_http_sweep_against_started_servers(tiny_fp32: Path, tmp_path: Pat
     statuses = {t["target"]: t["status"] for t in report["targets"]}
     assert statuses["errors in the closed-loop sweep"] == "met"
     assert (out / "http-test.csv").exists() and (out / "http-test.png").stat().st_size > 0
+    assert "| no-batching | c=4 | 6/6 |" in render(out)
 
 
 def test_refuses_a_non_loopback_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
