@@ -12,6 +12,7 @@ trace size fails here instead of in production.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import warnings
@@ -91,6 +92,9 @@ def trace_to_onnx(graph: DeployableFCN, path: Path, opset: int = MIN_OPSET) -> N
     dims = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("height", min=1)}
     dims[2] = torch.export.Dim("width", min=1)
     outputs = [LABELS_NAME, SCORES_NAME] if graph.scores else [LABELS_NAME]
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(
+        logging.ERROR
+    )  # "no torchvision"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal
         program = torch.onnx.export(
