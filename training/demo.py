@@ -101,20 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     package(run_dir, args.out, time.perf_counter() - start)
 
 
-def package(run_dir: Path, out: Path, wall_seconds: float) -> None:
+def package(run_dir: Path, out: Path, wall_seconds: float | None) -> None:
     """Copy a finished run's checkpoint to ``out`` with the demo's metadata, metrics JSON and loss plot."""
     model, metadata = load_checkpoint(run_dir / train.MODEL_FILE)
-    metadata = replace(
-        metadata,
-        name="fcn8s-demo",
-        training={
-            **metadata.training,
-            "command": "python -m training.demo",
-            "train_data": TRAIN_DATA,
-            "heldout_data": HELDOUT_DATA,
-            "wall_seconds": round(wall_seconds, 1),
-        },
-    )
+    training = {**metadata.training, "reproduce": "python -m training.demo"}
+    training.update(train_data=TRAIN_DATA, heldout_data=HELDOUT_DATA)
+    if wall_seconds is not None:
+        training["wall_seconds"] = round(wall_seconds, 1)
+    metadata = replace(metadata, name="fcn8s-demo", training=training)
     save_checkpoint(out, model, metadata)
     stem = out.with_suffix("")
     Path(f"{stem}-metrics.json").write_text(
