@@ -204,7 +204,7 @@ def test_slow_client_does_not_block_others(client: httpx.Client, tiny_server: Se
                 latencies.append(time.perf_counter() - start)
             trickling.result()
         assert 0 < trickler.sent < len(slow_body)
-        assert len(latencies) >= 10 and max(latencies) < 1.0, latencies
+        assert len(latencies) >= 10 and max(latencies) < 2.0, latencies
         response = trickler.finish()
         assert response.status_code == 200
     finally:
@@ -222,7 +222,7 @@ def test_decompression_bomb_costs_no_memory(client: httpx.Client, tiny_server: S
         start = time.perf_counter()
         response = post_image(client, tiny_server.url, bomb)
         assert "pixels" in assert_clean_error(response, {413})
-        assert time.perf_counter() - start < 1.0
+        assert time.perf_counter() - start < 2.0
     growth_mib = (tiny_server.rss_kib() - before) / 1024
     assert growth_mib < 20, f"RSS grew by {growth_mib:.1f} MiB while refusing bombs"
     assert_still_serving(client, tiny_server)
