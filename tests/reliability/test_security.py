@@ -53,6 +53,15 @@ def test_api_key_is_required_where_configured(secured: ServerProcess) -> None:
         assert client.get("/health/ready").status_code == 200
 
 
+def test_key_comparison_is_constant_time() -> None:
+    """The key is compared with hmac.compare_digest, never with ``==`` (which leaks the matching prefix)."""
+    source = (REPO_ROOT / "server" / "app.py").read_text()
+    assert "hmac.compare_digest(" in source
+    assert not re.search(
+        r"(==|!=)\s*(settings\.)?api_key|api_key[^\n]*get_secret_value\(\)\s*(==|!=)", source
+    )
+
+
 def test_key_is_not_leaked_in_logs_or_model_info(secured: ServerProcess) -> None:
     info = httpx.get(secured.url + "/v1/model", headers={"X-API-Key": KEY}).json()
     assert KEY not in str(info)
