@@ -301,18 +301,20 @@ def served_shapes(long_side: int, bucket: int, max_side: int) -> list[tuple[int,
 
 def raw_forward(
     model: Path, shapes: Sequence[tuple[int, int]], batch_sizes: Sequence[int], runs: int, threads: int
-) -> dict[str, Any]:
-    """ONNX Runtime alone on the served shapes: mean ms of one image (batch 1), best images/s over batches."""
+) -> dict[int, float]:
+    """ONNX Runtime alone on the served shapes: seconds per image at each batch size, averaged over the
+    request mix (each distinct shape timed once, weighted by how many photographs land in it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    mix = Counter(shapes)
     per_image: dict[int, float] = {}
     for batch in batch_sizes:
-        seconds = []
-        for height, width in shapes:
+        total = 0.0
+        for (height, width), count in mix.items():
             images = np.zeros((batch, height, width, 3), dtype=np.uint8)
             session.run(None, {"image": images})
             times = []
@@ -320,19 +322,26 @@ def raw_forward(
                 start = time.perf_counter()
                 session.run(None, {"image": images})
                 times.append(time.perf_counter() - start)
-            seconds.append(float(np.median(times)) / batch)
-        per_image[batch] = float(np.mean(seconds))
-        log(
-            f"raw forward, batch {batch}: {1000 * per_image[batch]:.1f} ms per image "
-            f"over {len(shapes)} shapes"
-        )
-    best = min(per_image, key=lambda b: per_image[b])
+            total += count * float(np.median(times)) / batch
+        per_image[batch] = total / len(shapes)
+        log(f"raw forward, batch {batch}: {1000 * per_image[batch]:.1f} ms per image over the request mix")
+    return per_image
+
+
+def raw_summary(
+    shapes: Sequence[tuple[int, int]], measurements: Sequence[dict[int, float]]
+) -> dict[str, Any]:
+    """The best (fastest) of several raw measurements per batch size: other load only slows a measurement, so
+    the fastest is the closest to the machine's own speed (and the strictest reference for the targets)."""
+    best = {b: min(m[b] for m in measurements) for b in measurements[0]}
+    fastest = min(best, key=lambda b: best[b])
     return {
         "shapes": [list(s) for s in shapes],
-        "ms_per_image": {str(b): 1000 * s for b, s in per_image.items()},
-        "batch1_ms": 1000 * per_image[min(per_image)],
-        "best_images_per_s": 1 / per_image[best],
-        "best_batch": best,
+        "ms_per_image": {str(b): 1000 * s for b, s in best.items()},
+        "measurements_ms_per_image": [{str(b): 1000 * s for b, s in m.items()} for m in measurements],
+        "batch1_ms": 1000 * best[min(best)],
+        "best_images_per_s": 1 / best[fastest],
+        "best_batch": fastest,
     }
 
 
@@ -494,10 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             shapes = served_shapes(args.long_side, settings.bucket, settings.max_side)
             log(f"raw forward of {args.model} on the served shapes {sorted(set(shapes))}")
-            raw = raw_forward(args.model, shapes, args.raw_batch_sizes, args.raw_runs, usable_cores())
+            timing = (args.model, shapes, args.raw_batch_sizes, args.raw_runs, usable_cores())
+            measurements = [raw_forward(*timing)]
             for name, batch in servers:
                 with server_process(args.model, batch, extra_env, args.ready_timeout) as url:
                     rows += asyncio.run(run_levels(url, name, args))
+            log("raw forward again, after the servers stopped")
+            measurements.append(raw_forward(*timing))
+            raw = raw_summary(shapes, measurements)
         else:
             urls = {"batching": check_loopback(args.url)}
             if args.compare_no_batching:
