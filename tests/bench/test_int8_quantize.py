@@ -57,8 +57,8 @@ def test_random_small_model_agrees_with_fp32(tiny_fp32: Path, tiny_int8: Path) -
 @pytest.mark.skipif(not DEMO_ONNX.exists(), reason="models/demo/fcn8s-demo.onnx is not there yet")
 def test_demo_model_int8_agrees_with_fp32(tmp_path: Path) -> None:
     out = tmp_path / "demo-int8.onnx"
-    quantize_onnx(DEMO_ONNX, out, synthetic_images(8, 256))
-    assert _agreement(DEMO_ONNX, out, count=6, size=256) >= 0.97
+    quantize_onnx(DEMO_ONNX, out, synthetic_images(8, 160))  # the demo's training scenes are 160 px
+    assert _agreement(DEMO_ONNX, out, count=8, size=160) >= 0.97
 
 
 def test_keep_fp32_leaves_named_layers_unquantised(tiny_fp32: Path, tmp_path: Path) -> None:
