@@ -87,6 +87,7 @@ def run_server(workdir: Path, **settings: str) -> Iterator[Server]:
         FCN_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
         FCN_MAX_SIDE="256",  # the test scenes are smaller; fewer bucket shapes to warm up
         FCN_BUCKET="64",
+        FCN_MAX_BATCH_SIZE="2",  # one page, one image at a time: a small warm-up batch
         FCN_ORT_INTRA_OP_THREADS="2",
         FCN_LOG_FORMAT="text",
     )
@@ -127,7 +128,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def keyed_server(tmp_path: Path) -> Iterator[Server]:
     """A server that wants the API key ``API_KEY`` in ``X-API-Key``."""
     _skip_without_model()
-    with run_server(tmp_path, api_key=API_KEY) as running:
+    with run_server(tmp_path, api_key=API_KEY, warmup="false") as running:
         yield running
 
 
