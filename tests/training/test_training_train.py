@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from common.metadata import Normalization
-from training import evaluate, train
+from training import demo, evaluate, train
 from training.model import build_model
-from training.weights import load_checkpoint
+from training.weights import load_checkpoint, read_metadata
 
 WIDTH = "0.03125"
 
@@ -114,3 +114,19 @@ def test_staged_cli_from_a_caffe_converted_32s_to_16s_to_8s(synth_voc: Path, tmp
     )  # fmt: skip
     assert metadata8.normalization == Normalization.caffe() and metadata8.architecture == "fcn8s"
     assert torch.allclose(stage8.score_pool4.weight, stage16.score_pool4.weight, atol=1e-9)
+
+
+def test_demo_packaging_adds_data_seeds_metrics_and_loss_plot(
+    short_run: tuple[Path, torch.nn.Module, Any], tmp_path: Path
+) -> None:
+    out, _, metadata = short_run
+    target = tmp_path / "fcn8s-demo.safetensors"
+    demo.package(out, target, wall_seconds=12.34)
+    packaged = read_metadata(target)
+    assert packaged.name == "fcn8s-demo"
+    assert packaged.metrics == metadata.metrics
+    assert packaged.training["train_data"]["seed"] != packaged.training["heldout_data"]["seed"]
+    assert packaged.training["reproduce"] == "python -m training.demo"
+    assert packaged.training["wall_seconds"] == 12.3
+    assert json.loads((tmp_path / "fcn8s-demo-metrics.json").read_text())["metrics"] == metadata.metrics
+    assert (tmp_path / "fcn8s-demo-loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
