@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source_sha256=props.get(PROP_SHA256, ""), fp16_layers=report.fp16_layers, layers=report.layers,
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )  # fmt: skip
-    written = [args.out, write_sidecar(args.out, sidecar), cache]
+    written = [args.out, write_sidecar(args.out, sidecar), *([cache] if cache.is_file() else [])]
     agreement = None
     if args.verify and reference is not None:
         from export.images import validation_images

@@ -379,3 +379,92 @@ def test_engine_matches_onnx_runtime(exported, tmp_path: Path) -> None:
     labels = runner.run(np.zeros((3, 45, 77, 3), dtype=np.uint8))
     runner.close()
     assert labels.shape == (3, 45, 77) and labels.dtype == np.uint8
+
+
+class OnnxRuntimeAsEngine:
+    """Stands in for TensorRTRunner: runs the given ONNX file with ONNX Runtime."""
+
+    onnx_path: Path
+
+    def __init__(self, plan: Path) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(self.onnx_path))
+        self.closed = False
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(["labels"], {"image": images})[0]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A machine where TensorRT 'builds' and runs engines: environment, build and runner replaced."""
+    monkeypatch.setattr(
+        trt, "environment", lambda device=0: trt.Environment("10.13.0.35", "NVIDIA H100", "9.0")
+    )
+    built: dict = {
+        "layers": engine_json(layer("conv", "CaskConvolution", "Half"), layer("up", "Deconv", "Half"))
+    }
+
+    def fake_build(onnx_path: Path, options: trt.BuildOptions) -> trt.BuiltEngine:
+        built["options"] = options
+        return trt.BuiltEngine(b"PLAN", built["layers"], 12.5, False)
+
+    monkeypatch.setattr(trt, "build_engine", fake_build)
+    monkeypatch.setattr(trt, "TensorRTRunner", OnnxRuntimeAsEngine)
+    return built
+
+
+def test_build_engine_cli_flow(fake_gpu, exported, tmp_path: Path, capsys) -> None:
+    import onnx
+
+    from export.fp16 import convert_to_fp16
+    from export.sidecar import file_sha256
+
+    fp16 = tmp_path / "fp16.onnx"
+    onnx.save(convert_to_fp16(onnx.load(str(exported.onnx))).model, str(fp16))
+    OnnxRuntimeAsEngine.onnx_path = fp16
+    plan, repo = tmp_path / "out" / "m.plan", tmp_path / "repo"
+    code = build_engine.main(
+        ["--onnx", str(fp16), "--out", str(plan), "--reference", str(exported.onnx), "--verify",
+         "--count", "3", "--opt-side", "96", "--max-batch", "4", "--opt-batch", "2",
+         "--triton-repo", str(repo)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert plan.read_bytes() == b"PLAN"
+    info = read_sidecar(plan)
+    assert (info.tensorrt_version, info.gpu_name, info.compute_capability) == (
+        "10.13.0.35",
+        "NVIDIA H100",
+        "9.0",
+    )
+    assert info.precision == "fp16" and info.profile == Profile(1, 2, 4, 32, 96, 512)
+    assert info.onnx_sha256 == file_sha256(fp16) and info.source_sha256 == file_sha256(exported.checkpoint)
+    assert info.fp16_layers == 2 and info.build_time_s == 12.5
+    assert fake_gpu["options"].timing_cache == plan.parent / "timing-trt10.13.0.35-sm90.cache"
+    assert re.search(r"label agreement engine vs ONNX Runtime FP32: 99\.\d+%|100\.000%", out)
+    assert "2/2 layers and 1/1 convolution layers produce FP16" in out
+    assert (repo / "fcn8s" / "1" / "model.plan").is_file() and (
+        repo / "fcn8s_onnx" / "1" / "model.onnx"
+    ).is_file()
+    assert "wrote" in out and "done in" in out
+
+
+def test_build_engine_refuses_a_silent_fp32_engine(fake_gpu, exported, tmp_path: Path, capsys) -> None:
+    import onnx
+
+    from export.fp16 import convert_to_fp16
+
+    fake_gpu["layers"] = engine_json(layer("conv", "CaskConvolution", "Float"))
+    fp16 = tmp_path / "fp16.onnx"
+    onnx.save(convert_to_fp16(onnx.load(str(exported.onnx))).model, str(fp16))
+    plan = tmp_path / "m.plan"
+    assert build_engine.main(["--onnx", str(fp16), "--out", str(plan)]) == 1
+    assert "1 of 1 convolution layers run in FP32" in capsys.readouterr().err
+    assert not plan.exists()
+    assert build_engine.main(["--onnx", str(fp16), "--out", str(plan), "--verify"]) == 1
+    assert "--verify needs --reference" in capsys.readouterr().err
