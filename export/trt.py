@@ -229,7 +229,8 @@ class TensorRTRunner:
         images = np.ascontiguousarray(images)
         runtime = _cudart()
         with self._lock:
-            self._context.set_input_shape(INPUT_NAME, shape)
+            if not self._context.set_input_shape(INPUT_NAME, shape):
+                raise ValueError(f"TensorRT rejected the input shape {list(shape)}")
             pointer = self._buffers[INPUT_NAME].ensure(images.nbytes)
             _check(
                 runtime.cudaMemcpyAsync(
