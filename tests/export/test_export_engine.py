@@ -468,3 +468,110 @@ def test_build_engine_refuses_a_silent_fp32_engine(fake_gpu, exported, tmp_path:
     assert not plan.exists()
     assert build_engine.main(["--onnx", str(fp16), "--out", str(plan), "--verify"]) == 1
     assert "--verify needs --reference" in capsys.readouterr().err
+
+
+class FakeDevice:
+    """cuda-python's runtime calls on host memory: 'device' pointers are ctypes buffers."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self.ctypes = ctypes
+        self.buffers: dict[int, object] = {}
+        self.copies: list[tuple[str, int]] = []
+        self.cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
+
+    def cudaSetDevice(self, device):
+        return (0,)
+
+    def cudaStreamCreate(self):
+        return (0, "stream")
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaStreamDestroy(self, stream):
+        return (0,)
+
+    def cudaMalloc(self, nbytes):
+        buffer = self.ctypes.create_string_buffer(nbytes)
+        self.buffers[self.ctypes.addressof(buffer)] = buffer
+        return (0, self.ctypes.addressof(buffer))
+
+    def cudaFree(self, pointer):
+        del self.buffers[pointer]
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
+        self.copies.append((kind, nbytes))
+        self.ctypes.memmove(dst, src, nbytes)
+        return (0,)
+
+    def array(self, pointer: int, shape, dtype) -> np.ndarray:
+        return np.frombuffer(self.buffers[pointer], dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def fake_runtime_tensorrt(device: FakeDevice) -> SimpleNamespace:
+    """An engine whose 'labels' are channel 0 of the image mod 21, plus a float 'scores' output."""
+    shapes: dict[str, tuple] = {}
+    addresses: dict[str, int] = {}
+
+    class Context:
+        def set_input_shape(self, name, shape):
+            shapes["image"] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            n, h, w, _ = shapes["image"]
+            return (n, h, w) if name == "labels" else (n, 21, h, w)
+
+        def set_tensor_address(self, name, pointer):
+            addresses[name] = pointer
+            return True
+
+        def execute_async_v3(self, stream):
+            image = device.array(addresses["image"], shapes["image"], np.uint8)
+            device.array(addresses["labels"], image.shape[:3], np.uint8)[...] = image[..., 0] % 21
+            return True
+
+    engine = SimpleNamespace(
+        num_io_tensors=3,
+        get_tensor_name=lambda i: ["image", "labels", "scores"][i],
+        get_tensor_mode=lambda name: "in" if name == "image" else "out",
+        get_tensor_dtype=lambda name: np.float32 if name == "scores" else np.uint8,
+        get_tensor_profile_shape=lambda name, index: [(1, 32, 32, 3), (2, 64, 64, 3), (4, 128, 128, 3)],
+        create_execution_context=Context,
+    )
+    runtime = SimpleNamespace(deserialize_cuda_engine=lambda plan: engine if plan == b"PLAN" else None)
+    logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    return SimpleNamespace(
+        Builder=object, __version__="10.13.0.35", Logger=logger, Runtime=lambda logger: runtime,
+        TensorIOMode=SimpleNamespace(INPUT="in"), nptype=lambda dtype: dtype,
+    )  # fmt: skip
+
+
+def test_runner_copies_only_the_labels_back(monkeypatch, tmp_path: Path) -> None:
+    device = FakeDevice()
+    monkeypatch.setattr(trt, "trt", fake_runtime_tensorrt(device))
+    monkeypatch.setattr(trt, "cudart", device)
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"PLAN")
+    runner = trt.TensorRTRunner(plan)
+    assert (runner.min_shape, runner.max_shape) == ((1, 32, 32, 3), (4, 128, 128, 3))
+    rng = np.random.default_rng(0)
+    for shape in [(2, 40, 50, 3), (4, 128, 96, 3), (1, 32, 33, 3)]:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        device.copies.clear()
+        labels = runner.run(images)
+        np.testing.assert_array_equal(labels, images[..., 0] % 21)
+        n, h, w, _ = shape
+        assert device.copies == [("H2D", n * h * w * 3), ("D2H", n * h * w)], "scores must stay on the device"
+    with pytest.raises(ValueError, match="outside the engine profile"):
+        runner.run(np.zeros((5, 64, 64, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        runner.run(np.zeros((1, 64, 64, 3), dtype=np.float32))
+    runner.close()
+    assert device.buffers == {}
+    plan.write_bytes(b"OTHER")
+    with pytest.raises(RuntimeError, match="cannot deserialize"):
+        trt.TensorRTRunner(plan)
