@@ -1,16 +1,20 @@
 """An asyncio dynamic batcher over shape buckets. It knows nothing of HTTP.
 
-Each image is padded to its bucket: its own (h, w) rounded up to a multiple of ``granularity`` (capped at
-``max_side``), filled with one fixed colour. The bucket depends only on the image itself and the pad
-colour is fixed, so an image's labels never depend on its batch-mates; only images of one bucket share a
-batch. One worker thread runs the backend, so the event loop (and health checks) stays free.
+Each image is padded (bottom and right, one fixed colour) to its bucket, which depends only on its own
+size, so an image's labels never depend on its batch-mates; only images of one bucket share a batch.
+One worker thread runs the backend, so the event loop (and health checks) stays free.
+
+Bucket sides are the sizes ``s`` with ``(s + CONV1_GROWTH) % granularity == 0`` (plus ``max_side``):
+FCN's first convolution pads by 100 pixels, so its output is ``s + 198`` pixels, and at these sizes
+every pooling stage of the padded image ends on a whole window. Padding to such sides keeps the labels
+far closer to an unpadded forward than padding to multiples of ``granularity`` (measured in
+docs/server.md: 99.79 % vs 99.43 % of pixels at granularity 32 on photographs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -22,20 +26,24 @@ import numpy as np
 from server.metrics import Metrics
 
 Shape = tuple[int, int]
+CONV1_GROWTH = 198
+"""How much FCN's conv1_1 (3x3, padding 100) grows each side: 2 * 100 - 2."""
+
+
+def bucket_side(size: int, granularity: int, max_side: int) -> int:
+    """The smallest bucket side >= ``size``: ``(side + 198) % granularity == 0``, else ``max_side``."""
+    side = size + (-(size + CONV1_GROWTH)) % granularity
+    return side if side <= max_side else max(size, max_side)
 
 
 def bucket_shape(height: int, width: int, granularity: int, max_side: int) -> Shape:
-    """The padded (h, w) of an image: each side rounded up to ``granularity``, at most ``max_side``."""
-
-    def side(n: int) -> int:
-        return max(n, min(math.ceil(n / granularity) * granularity, max_side))
-
-    return side(height), side(width)
+    """The padded (h, w) of an image of (``height``, ``width``) (each at most ``max_side``)."""
+    return bucket_side(height, granularity, max_side), bucket_side(width, granularity, max_side)
 
 
 def all_buckets(granularity: int, max_side: int) -> list[Shape]:
     """Every bucket shape an image resized to ``max_side`` can land in."""
-    sides = sorted({min(k * granularity, max_side) for k in range(1, math.ceil(max_side / granularity) + 1)})
+    sides = sorted({bucket_side(n, granularity, max_side) for n in range(1, max_side + 1)})
     return [(h, w) for h in sides for w in sides]
 
 

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(60.0, gt=0, description="a batch running longer makes /health/ready 503")
 
     max_side: int = Field(512, ge=32, le=8192, description="inference runs with the long side at most this")
-    bucket: int = Field(64, ge=1, description="padded shape = own size rounded up to a multiple of this")
+    bucket: int = Field(32, ge=1, description="bucket granularity: sides s with (s + 198) % bucket == 0")
     warmup: bool = Field(True, description="run every bucket shape once before reporting ready")
 
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="request body limit (413 beyond)")

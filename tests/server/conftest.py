@@ -170,8 +170,9 @@ def onnx_server(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> It
 
 @pytest.fixture(scope="session")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """``python -m server`` with its defaults (the shipped demo model); skipped until the model exists."""
+    """``python -m server`` with its defaults (the demo model), no warm-up; skipped until the model exists."""
     if not DEMO_ONNX.is_file():
         pytest.skip(f"the demo model {DEMO_ONNX.relative_to(REPO_ROOT)} is not in the repository yet")
-    with running(tmp_path_factory.mktemp("demo-server"), {}) as server:
+    # warm-up of all 289 bucket shapes is tested elsewhere; here it would only cost suite time
+    with running(tmp_path_factory.mktemp("demo-server"), {"warmup": False}) as server:
         yield server

@@ -20,11 +20,15 @@ from server.batcher import (
 from server.metrics import Metrics
 
 
-def test_bucket_shape_depends_only_on_own_size() -> None:
-    assert bucket_shape(100, 33, 32, 512) == (128, 64)
-    assert bucket_shape(500, 512, 32, 500) == (500, 512)  # never smaller than the image
-    assert bucket_shape(480, 500, 64, 500) == (500, 500)  # capped at max_side
-    assert len(all_buckets(64, 512)) == 64 and (512, 512) in all_buckets(64, 512)
+def test_bucket_sides_end_every_pooling_window() -> None:
+    assert bucket_shape(100, 33, 32, 512) == (122, 58)  # (122 + 198) = 10 * 32, (58 + 198) = 8 * 32
+    assert bucket_shape(26, 1, 32, 512) == (26, 26)
+    assert bucket_shape(507, 512, 32, 512) == (512, 512)  # capped at max_side, never below the image
+    for height in range(1, 513):
+        side = bucket_shape(height, 8, 32, 512)[0]
+        assert height <= side <= 512 and (side == 512 or (side + 198) % 32 == 0) and side - height < 32
+    buckets = all_buckets(32, 512)
+    assert len(buckets) == 17 * 17 and (512, 512) in buckets and (26, 26) in buckets
 
 
 def test_pad_to_places_image_top_left() -> None:

@@ -79,7 +79,7 @@ def test_multipart_and_format_query(fake_server: ServerProcess) -> None:
 
 
 def test_concurrent_requests_are_batched(fake_server: ServerProcess) -> None:
-    bodies = [png_bytes(random_image(100 + i, 120 - i, seed=i)) for i in range(12)]  # one 128x128 bucket
+    bodies = [png_bytes(random_image(100 + i, 120 - i, seed=i)) for i in range(12)]  # all in bucket 122x122
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(lambda b: post(fake_server, b), bodies))
     assert all(r.status_code == 200 for r in responses)

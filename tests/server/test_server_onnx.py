@@ -32,7 +32,7 @@ def test_model_info_reports_onnxruntime_cpu(onnx_server: ServerProcess) -> None:
 
 
 def test_same_image_alone_and_in_a_mixed_batch_gives_identical_labels(onnx_server: ServerProcess) -> None:
-    target = png_bytes(random_image(90, 110, seed=3))  # bucket 96x128
+    target = png_bytes(random_image(90, 110, seed=3))  # bucket 90x122
     alone, _ = _labels(onnx_server, target)
     assert len(np.unique(alone)) > 1, "the random model should predict several classes"
     mates = [png_bytes(random_image(70 + 5 * i, 100 + 3 * i, seed=10 + i)) for i in range(6)]  # same bucket
@@ -58,12 +58,12 @@ def test_served_labels_equal_a_direct_forward_at_the_bucket_size(
 
     from server.batcher import bucket_shape, pad_to
 
-    image = random_image(64, 96, seed=5)  # already bucket-aligned at bucket 32: no padding
+    image = random_image(58, 90, seed=5)  # already a bucket shape at granularity 32: no padding
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
     direct = session.run(["labels"], {"image": image[None]})[0][0]
     served, _ = _labels(onnx_server, png_bytes(image))
     np.testing.assert_array_equal(served, direct)
-    odd = random_image(50, 70, seed=6)  # padded to 64x96 with the neutral colour, then cropped
+    odd = random_image(50, 70, seed=6)  # padded to 58x90 with the neutral colour, then cropped
     padded = pad_to(odd, bucket_shape(50, 70, 32, 128), (124, 116, 104))
     expected = session.run(["labels"], {"image": padded[None]})[0][0, :50, :70]
     np.testing.assert_array_equal(_labels(onnx_server, png_bytes(odd))[0], expected)
