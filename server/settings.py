@@ -27,7 +27,7 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(8, ge=1, le=256, description="most images in one forward pass")
     max_delay_ms: float = Field(
-        5.0, ge=0, description="longest the oldest queued image waits for batch-mates"
+        2.0, ge=0, description="longest the oldest queued image waits for batch-mates"
     )
     queue_size: int = Field(64, ge=1, description="most images waiting for the model; beyond: reject")
     queue_full_status: Literal[429, 503] = Field(429, description="status when the queue is full")
