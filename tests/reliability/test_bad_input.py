@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from server.imaging import decode_image
 
@@ -232,7 +233,7 @@ def test_pixel_limit_from_the_header(client: httpx.Client, tiny_server: ServerPr
     """An image just over FCN_MAX_PIXELS is refused 413 even though its bytes are small."""
     limit = int(TINY_SETTINGS["max_pixels"])  # type: ignore[call-overload]
     side = int(limit**0.5) + 2
-    data = inputs.encode(inputs.Image.new("RGB", (side, side)), "PNG")
+    data = inputs.encode(Image.new("RGB", (side, side)), "PNG")
     assert len(data) < MAX_BODY
     detail = assert_clean_error(post_image(client, tiny_server.url, data), {413})
     assert str(limit) in detail
