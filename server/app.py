@@ -52,7 +52,7 @@ from server.batcher import (
 from server.imaging import (
     ACCEPTED_TEXT,
     InputError,
-    decode_image,
+    decode_for_inference,
     encode_label_png,
     inference_size,
     resize_labels,
@@ -495,8 +495,7 @@ def _prepare(
     data: bytes, settings: Settings, pad_colour: tuple[int, int, int]
 ) -> tuple[np.ndarray, Any, Any]:
     """Decode, resize to ``max_side`` and pad to the bucket: (padded, inference size, original size)."""
-    rgb = decode_image(data, settings.max_pixels)
-    original = rgb.shape[:2]
+    rgb, original = decode_for_inference(data, settings.max_pixels, settings.max_side)
     size = inference_size(*original, settings.max_side)
     small = resize_rgb(rgb, size)
     padded = pad_to(small, bucket_shape(*size, settings.bucket, settings.max_side), pad_colour)

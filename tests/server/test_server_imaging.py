@@ -113,3 +113,23 @@ def test_rle_matches_pycocotools(labels: np.ndarray) -> None:
         decoded = coco.decode({"size": rle["size"], "counts": rle["counts"].encode()})  # type: ignore[arg-type]
         np.testing.assert_array_equal(decoded, mask)
         assert pixels == mask.sum()
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_large_jpeg_is_decoded_at_reduced_scale_with_its_full_size(orientation: int) -> None:
+    from server.imaging import decode_for_inference, resize_rgb
+
+    blocks = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    big = Image.fromarray(blocks).resize((2400, 1800), Image.Resampling.BILINEAR)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _save(big, "JPEG", quality=92, exif=exif)
+    array, original = decode_for_inference(data, 10**8, 256)
+    full = decode_image(data, 10**8)
+    assert original == full.shape[:2] == ((2400, 1800) if orientation != 1 else (1800, 2400))
+    target = inference_size(*original, 256)
+    assert array.shape[0] < full.shape[0] and min(array.shape[0] - target[0], array.shape[1] - target[1]) >= 0
+    drafted, reference = resize_rgb(array, target), resize_rgb(full, target)
+    assert np.abs(drafted.astype(int) - reference).mean() < 2.0
+    small = _save(Image.fromarray(RGB), "PNG")
+    np.testing.assert_array_equal(decode_for_inference(small, 100, 256)[0], RGB)
