@@ -84,7 +84,10 @@ def test_bad_model_file_exits_with_one_clear_line(tmp_path: Path) -> None:
     broken.write_bytes(b"not an onnx file")
     for model, phrase in ((tmp_path / "missing.onnx", "not found"), (broken, "cannot load ONNX model")):
         server = start_server(tmp_path, {"model": model})
-        assert server.proc.wait(60) == 2
+        try:
+            assert server.proc.wait(60) == 2
+        finally:
+            server.stop()
         errors = [line for line in server.log().splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and phrase in errors[0], server.log()
         assert "Traceback" not in server.log()
@@ -92,6 +95,9 @@ def test_bad_model_file_exits_with_one_clear_line(tmp_path: Path) -> None:
 
 def test_failed_warm_up_exits_non_zero_without_ever_being_ready(tmp_path: Path) -> None:
     server = start_server(tmp_path, FAKE_SETTINGS, module=FAKES, extra_env={"FAKE_BROKEN": "1"})
-    assert server.proc.wait(60) == 1
+    try:
+        assert server.proc.wait(60) == 1
+    finally:
+        server.stop()
     errors = [line for line in server.log().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "warm-up failed: InjectedFault" in errors[0], server.log()
