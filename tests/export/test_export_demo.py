@@ -49,3 +49,21 @@ def test_server_side_modules_do_not_import_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+SHIPPED_FP16 = REPO / "models" / "demo" / "fcn8s-demo-fp16.onnx"
+
+
+@pytest.mark.skipif(not SHIPPED_FP16.is_file(), reason="the FP16 demo model is not in the repo")
+def test_shipped_fp16_onnx_is_the_conversion_of_the_shipped_fp32() -> None:
+    from export.fp16 import convert_to_fp16, label_agreement
+
+    shipped = onnx.load(str(SHIPPED_FP16))
+    assert read_properties(shipped)["precision"] == "fp16"
+    fresh = convert_to_fp16(onnx.load(str(SHIPPED))).model
+    assert [n.op_type for n in fresh.graph.node] == [n.op_type for n in shipped.graph.node]
+    fp16_inits = {i.name for i in shipped.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert fp16_inits, "the shipped FP16 graph has no FP16 weights"
+    images = [synthetic_batch(1, 96, 128, seed=s)[0] for s in (3, 4)]
+    agreement, _ = label_agreement(onnx.load(str(SHIPPED)), shipped, images)
+    assert agreement >= 0.995
