@@ -170,6 +170,7 @@ class Run:
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "step": self.step,
             "elapsed": self.elapsed,
             "config": json.dumps(config, sort_keys=True),
@@ -191,6 +192,8 @@ class Run:
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
 

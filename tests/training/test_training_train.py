@@ -83,6 +83,8 @@ def test_resume_continues_exactly(synth_voc: Path, tmp_path: Path) -> None:
     _train(synth_voc, resumed_dir, "--iterations", "3", "--checkpoint-every", "3", *augment)
     resumed, _ = _train(synth_voc, resumed_dir, "--iterations", "6", "--resume", *augment)
     assert [int(row["step"]) for row in _log(resumed_dir)] == list(range(1, 7))
+    with pytest.raises(ValueError, match="other settings: lr"):
+        _train(synth_voc, resumed_dir, "--iterations", "7", "--resume", "--lr", "1e-2", *augment)
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
