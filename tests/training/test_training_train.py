@@ -132,3 +132,21 @@ def test_demo_packaging_adds_data_seeds_metrics_and_loss_plot(
     assert packaged.training["wall_seconds"] == 12.3
     assert json.loads((tmp_path / "fcn8s-demo-metrics.json").read_text())["metrics"] == metadata.metrics
     assert (tmp_path / "fcn8s-demo-loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_epochs_set_the_number_of_steps(synth_voc: Path, tmp_path: Path) -> None:
+    _, metadata = _train(
+        synth_voc, tmp_path, "--epochs", "0.5", "--checkpoint-every", "0"
+    )  # 8 images, batch 2
+    assert metadata.training["iterations"] == 2 and metadata.training["epochs"] == 0.5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (AMP runs on CUDA only)")
+def test_amp_training_on_cuda(synth_voc: Path, tmp_path: Path) -> None:
+    model, metadata = _train(
+        synth_voc, tmp_path, "--iterations", "4", "--device", "cuda", "--checkpoint-every", "2"
+    )
+    assert metadata.training["amp"] is True and metadata.training["device"] == "cuda"
+    assert next(model.parameters()).is_cuda
+    assert all(math.isfinite(float(row["loss"])) for row in _log(tmp_path))
