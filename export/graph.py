@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from common.metadata import ModelMetadata, Normalization
+from training.data import normalize_batch
 from training.model import FCNBase
 
 MAX_UINT8_CLASSES = 256
@@ -30,20 +31,14 @@ MAX_UINT8_CLASSES = 256
 
 
 class Normalize(nn.Module):
-    """uint8 NHWC RGB → float NCHW in the network's channel order: ``(x * scale - mean) / std``."""
+    """uint8 NHWC RGB → float NCHW network input; the same function training uses (``normalize_batch``)."""
 
     def __init__(self, normalization: Normalization) -> None:
         super().__init__()
-        self.bgr = normalization.channel_order == "BGR"
-        self.scale = float(normalization.scale)
-        self.register_buffer("mean", torch.tensor(normalization.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.normalization = normalization
 
     def forward(self, image: Tensor) -> Tensor:
-        x = image.to(torch.float32).permute(0, 3, 1, 2)  # cast first: TensorRT takes uint8 only into a Cast
-        if self.bgr:
-            x = x.flip(1)
-        return (x * self.scale - self.mean) / self.std
+        return normalize_batch(image, self.normalization)
 
 
 class CeilMaxPool2x2(nn.Module):

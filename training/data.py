@@ -157,7 +157,7 @@ def collate(samples: list[Sample]) -> tuple[Tensor, Tensor]:
 
 def normalize_batch(images: Tensor, normalization: Normalization) -> Tensor:
     """uint8 ``N,H,W,3`` RGB -> float ``N,3,H,W`` network input, as the checkpoint's metadata says."""
-    x = images.permute(0, 3, 1, 2).float()
+    x = images.to(torch.float32).permute(0, 3, 1, 2)  # cast first: TensorRT takes uint8 only into a Cast
     if normalization.channel_order == "BGR":
         x = x.flip(1)
     mean = torch.tensor(normalization.mean, device=x.device).view(1, 3, 1, 1)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from export_helpers import WIDTH, random_model
 
 from common.metadata import ModelMetadata, Normalization
 from training.weights import save_checkpoint
+
+from .export_helpers import WIDTH, random_model
 
 
 @dataclass(frozen=True)

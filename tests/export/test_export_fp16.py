@@ -10,13 +10,14 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from conftest import Exported
 from onnx import TensorProto, helper
 
 from export import fp16
 from export.fp16 import Runner, convert_to_fp16, label_agreement, preprocessing_nodes
 from export.images import synthetic_batch
 from export.onnx import ort_session, read_properties, with_scores_output
+
+from .conftest import Exported
 
 
 def types_of(model: onnx.ModelProto) -> dict[str, int]:

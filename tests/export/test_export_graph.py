@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from export_helpers import random_model
 from torch import nn
 
 from common.metadata import ModelMetadata, Normalization
@@ -19,6 +18,8 @@ from export.graph import (
     is_diagonal,
 )
 from training.model import bilinear_kernel
+
+from .export_helpers import random_model
 
 
 def images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -9,8 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import Exported
-from export_helpers import random_model
 
 from common.metadata import ModelMetadata, Normalization
 from export import onnx as export_onnx_module
@@ -26,6 +24,9 @@ from export.onnx import (
     verify_onnx,
 )
 from training.weights import file_sha256, load_checkpoint
+
+from .conftest import Exported
+from .export_helpers import random_model
 
 
 def dims(value_info: onnx.ValueInfoProto) -> list[str | int]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime
-from conftest import Exported
 from onnx import TensorProto, helper, numpy_helper
 
 from export.passes import fold_pool_padding
+
+from .conftest import Exported
 
 
 def pad_pool_model(value: float, pads: list[int]) -> onnx.ModelProto:

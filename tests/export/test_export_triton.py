@@ -8,12 +8,13 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import Exported
 
 from common.metadata import ModelMetadata
 from export import onnx_meta, triton
 from export.onnx import with_scores_output
 from export.sidecar import Profile, Sidecar, write_sidecar
+
+from .conftest import Exported
 
 
 def model_config_module():
