@@ -72,6 +72,7 @@ class DrainingServer(uvicorn.Server):
             log.warning(
                 "drain timeout of %s s passed with %d requests in flight", timeout, self.service.inflight
             )
+            await self.service.abort()
         self.should_exit = True
 
 

@@ -135,6 +135,14 @@ class Service:
         """Run CPU-bound image work (decode, encode) on the bounded codec pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.codec_pool, func, *args)
 
+    async def abort(self) -> None:
+        """Answer every queued and running request now with 503 (the drain timeout has passed)."""
+        if self.batcher is not None:
+            await self.batcher.stop()
+        end = time.monotonic() + 1.0
+        while self.inflight > 0 and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+
     async def drain(self, timeout_s: float) -> bool:
         """Stop admitting requests; wait at most ``timeout_s`` for in-flight ones. True if all finished."""
         self.draining = True

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +59,33 @@ def pad_to(image: np.ndarray, shape: Shape, fill: Sequence[int]) -> np.ndarray:
     out[...] = np.asarray(fill, dtype=np.uint8)
     out[:height, :width] = image
     return out
+
+
+class InferenceThread:
+    """One daemon thread that runs backend calls in order; a hung call cannot keep the process alive."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._calls = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="inference", daemon=True).start()
+
+    def submit(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._calls.put((future, func, args))
+        return future
+
+    def shutdown(self) -> None:
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, func, args = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(func(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
 
 
 class QueueFullError(Exception):
@@ -123,9 +153,8 @@ class Batcher:
         self._metrics = metrics
         self._pending: deque[Job] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._thread = InferenceThread()
         self._task: asyncio.Task[None] | None = None
-        self._running: list[Job] = []
         self.busy_since: float | None = None
         """``time.monotonic()`` when the running batch started; None while idle."""
 
@@ -144,17 +173,16 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in [*self._running, *self._pending]:
+        for job in self._pending:
             if not job.future.done():
                 job.future.set_exception(ShuttingDownError())
         self._pending.clear()
         self._metrics.queue_depth.set(0)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._thread.shutdown()
 
     async def run_direct(self, images: np.ndarray) -> np.ndarray:
         """Run the backend on the inference thread outside the queue (warm-up)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, images)
+        return await asyncio.wrap_future(self._thread.submit(self._run, images))
 
     def submit(self, image: np.ndarray, size: Shape, deadline: float) -> Job:
         """Queue a padded image; raises QueueFullError when ``queue_size`` images wait already."""
@@ -238,14 +266,18 @@ class Batcher:
         self._metrics.batch_size.observe(len(batch))
         self._metrics.images.inc(len(batch))
         self.busy_since = time.monotonic()
-        self._running = batch
         try:
-            labels, seconds = await loop.run_in_executor(
-                self._executor, self._forward, [j.image for j in batch]
+            labels, seconds = await asyncio.wrap_future(
+                self._thread.submit(self._forward, [j.image for j in batch])
             )
             expected = (len(batch), *batch[0].bucket)
             if labels.shape != expected:
                 raise ValueError(f"backend returned labels of shape {labels.shape}, expected {expected}")
+        except asyncio.CancelledError:  # stop() while the model runs: answer now, do not wait for it
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(ShuttingDownError())
+            raise
         except Exception as exc:
             for job in batch:
                 if not job.future.done():
@@ -253,7 +285,6 @@ class Batcher:
             return
         finally:
             self.busy_since = None
-            self._running = []
         self._metrics.inference_seconds.observe(seconds)
         for index, job in enumerate(batch):
             if job.future.done():

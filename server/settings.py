@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         2.0, ge=0, description="longest the oldest queued image waits for batch-mates"
     )
     queue_size: int = Field(64, ge=1, description="most images waiting for the model; beyond: reject")
-    queue_full_status: Literal[429, 503] = Field(429, description="status when the queue is full")
+    queue_full_status: int = Field(429, description="status when the queue is full: 429 or 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429/503")
     deadline_ms: float = Field(30000.0, gt=0, description="per-request deadline from arrival (504 after)")
     stall_timeout_s: float = Field(60.0, gt=0, description="a batch running longer makes /health/ready 503")
@@ -74,6 +74,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.queue_full_status not in (429, 503):
+            raise ValueError(f"queue_full_status must be 429 or 503, got {self.queue_full_status}")
         if self.bucket > self.max_side:
             raise ValueError(f"bucket ({self.bucket}) must not exceed max_side ({self.max_side})")
         return self

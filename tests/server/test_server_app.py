@@ -100,9 +100,11 @@ def test_flags_mirror_settings_and_override_environment(monkeypatch: pytest.Monk
     assert flags == set(Settings.model_fields)
     monkeypatch.setenv("FCN_MAX_BATCH_SIZE", "5")
     monkeypatch.setenv("FCN_PORT", "9001")
+    monkeypatch.setenv("FCN_QUEUE_FULL_STATUS", "503")
     monkeypatch.setenv("FCN_CORS_ORIGINS", "https://a.example, https://b.example")
     settings = parse_settings(["--max-batch-size", "3", "--warmup", "false"])
     assert (settings.max_batch_size, settings.port, settings.warmup) == (3, 9001, False)
+    assert settings.queue_full_status == 503
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
     assert main(["--max-batch-size", "0"]) == 2
     assert "max_batch_size" in capsys.readouterr().err

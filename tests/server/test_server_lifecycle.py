@@ -101,3 +101,21 @@ def test_failed_warm_up_exits_non_zero_without_ever_being_ready(tmp_path: Path) 
         server.stop()
     errors = [line for line in server.log().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "warm-up failed: InjectedFault" in errors[0], server.log()
+
+
+def test_sigterm_with_a_hung_batch_answers_503_and_exits_after_the_drain_timeout(tmp_path: Path) -> None:
+    settings = {**FAKE_SETTINGS, "deadline_ms": 60_000, "drain_timeout_s": 1}
+    server = start_server(tmp_path, settings, module=FAKES, extra_env={"FAKE_SLOW_S": "60"})
+    try:
+        server.wait_ready()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            hung = pool.submit(_segment, server.url, _slow_png())
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            server.proc.send_signal(15)
+            assert server.proc.wait(10) == 0
+            assert time.monotonic() - signalled < 5
+            answer = hung.result()
+        assert answer.status_code == 503 and "shutting down" in answer.json()["detail"]
+    finally:
+        server.stop()
