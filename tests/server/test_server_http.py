@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import socket
 import time
 from collections.abc import Iterator
 
@@ -234,3 +235,11 @@ def test_queue_full_and_deadline(tmp_path) -> None:  # type: ignore[no-untyped-d
 
         slow_client = post(srv, trickle())  # type: ignore[arg-type]
         assert slow_client.status_code == 408 and "did not arrive" in slow_client.json()["detail"]
+
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as half_head:
+            half_head.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n")
+            start = time.perf_counter()
+            assert httpx.get(srv.url + "/health/live").status_code == 200  # others are served meanwhile
+            assert half_head.recv(1024) == b"", "the server closes a head that never completes"
+            assert time.perf_counter() - start < 3.0
