@@ -127,11 +127,6 @@ def test_body_slower_than_the_deadline_gets_408(faulty: ServerProcess) -> None:
     assert httpx.get(faulty.url + "/health/ready").status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server limitation: uvicorn has no timeout for reading the request head, so a client that sends "
-    "half a head and idles keeps its connection (and a file descriptor) forever (slowloris)",
-)
 def test_half_sent_request_head_is_closed_after_the_deadline(faulty: ServerProcess) -> None:
     sock = connect(faulty.url)
     try:
@@ -169,11 +164,6 @@ def test_sigterm_under_load_drains(tmp_path: Path) -> None:
         assert seen_marks(calls_path) >= set(colours)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: after the drain timeout the process waits for the hung inference thread "
-    "(ThreadPoolExecutor workers are joined at exit); the abandoned request gets uvicorn's plain-text 500",
-)
 def test_sigterm_with_a_hung_backend_exits_within_the_drain_timeout(tmp_path: Path) -> None:
     """A batch that never ends must not keep the process alive past the drain timeout."""
     drain_s = 2.0

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from .fakes import FakeSpec, seen_marks
 from .helpers import (
@@ -118,11 +117,5 @@ def test_rejection_does_not_wait_for_the_model(tmp_path: Path) -> None:
     assert p99_ms < 250, latencies  # a batch takes 2500 ms: a rejection never waits for one
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="server bug: queue_full_status is Literal[429, 503], so FCN_QUEUE_FULL_STATUS=503 (a string) "
-    "fails validation and the server does not start",
-)
 def test_queue_full_status_503_by_configuration(tmp_path: Path) -> None:
     assert run_burst(tmp_path, 503)["rejected"] >= BURST // 4
