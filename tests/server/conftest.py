@@ -134,8 +134,11 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A width-1/32 FCN-8s with random (seeded) weights, exported with ``export.onnx`` (verified there)."""
+def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped demo ONNX; without it, a width-1/32 FCN-8s with seeded random weights exported with
+    ``export.onnx`` (about 40 s, so only when the demo model is missing)."""
+    if DEMO_ONNX.is_file():
+        return DEMO_ONNX
     onnx_export = pytest.importorskip(
         "export.onnx", reason="export.onnx (the export helper's module) is missing"
     )
@@ -160,10 +163,10 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_server(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Iterator[ServerProcess]:
-    """``python -m server`` on the tiny ONNX model (ONNX Runtime CPU)."""
+def onnx_server(tmp_path_factory: pytest.TempPathFactory, onnx_model: Path) -> Iterator[ServerProcess]:
+    """``python -m server`` on the ONNX model of ``onnx_model`` (ONNX Runtime CPU, small max_side)."""
     tmp = tmp_path_factory.mktemp("onnx-server")
-    settings = {"model": tiny_onnx, "max_side": 128, "bucket": 32, "max_batch_size": 4, "max_delay_ms": 50}
+    settings = {"model": onnx_model, "max_side": 128, "bucket": 32, "max_batch_size": 4, "max_delay_ms": 50}
     with running(tmp, settings) as server:
         yield server
 

@@ -28,7 +28,7 @@ def test_model_info_reports_onnxruntime_cpu(onnx_server: ServerProcess) -> None:
         "CPUExecutionProvider",
         "fp32",
     )
-    assert info["name"] == "tiny-random" and len(info["classes"]) == 21
+    assert info["name"] and len(info["classes"]) == 21 and info["architecture"] == "fcn8s"
 
 
 def test_same_image_alone_and_in_a_mixed_batch_gives_identical_labels(onnx_server: ServerProcess) -> None:
@@ -52,14 +52,14 @@ def test_same_image_alone_and_in_a_mixed_batch_gives_identical_labels(onnx_serve
 
 
 def test_served_labels_equal_a_direct_forward_at_the_bucket_size(
-    onnx_server: ServerProcess, tiny_onnx
+    onnx_server: ServerProcess, onnx_model
 ) -> None:  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
     from server.batcher import bucket_shape, pad_to
 
     image = random_image(58, 90, seed=5)  # already a bucket shape at granularity 32: no padding
-    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
     direct = session.run(["labels"], {"image": image[None]})[0][0]
     served, _ = _labels(onnx_server, png_bytes(image))
     np.testing.assert_array_equal(served, direct)
