@@ -184,11 +184,11 @@ def sweep(
 
 
 def apply_peak(rows: list[dict[str, Any]], peak_gflops: float) -> None:
-    """Set each CPU row's share of the measured CPU peak (GPU rows have no measured peak: None)."""
+    """Set each FP32 CPU row's share of the measured float32 peak (INT8 rows would compare integer work with
+    a float peak, GPU rows have no measured peak: None)."""
     for row in rows:
-        row["peak_share"] = (
-            row["gflops"] / peak_gflops if row["device"] == "cpu" and peak_gflops > 0 else None
-        )
+        fp32_cpu = row["device"] == "cpu" and row["precision"] == "fp32"
+        row["peak_share"] = row["gflops"] / peak_gflops if fp32_cpu and peak_gflops > 0 else None
 
 
 def measure_peaks(threads: int, quick: bool, start: dict[str, Any] | None) -> dict[str, Any]:
