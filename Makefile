@@ -9,12 +9,12 @@ PORT ?= 8000
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.server-installed: requirements/server.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements/server.txt
+$(VENV)/.server-installed: requirements/server.txt requirements/constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/server.txt -c requirements/constraints.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements/server.txt requirements/train.txt requirements/dev.txt requirements/typing-nodeps.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements/dev.txt
+$(VENV)/.dev-installed: requirements/server.txt requirements/train.txt requirements/dev.txt requirements/typing-nodeps.txt requirements/constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/dev.txt -c requirements/constraints.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements/typing-nodeps.txt
 	touch $(VENV)/.server-installed $@
 
