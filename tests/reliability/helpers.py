@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import httpx
 import numpy as np
@@ -77,7 +77,7 @@ def assert_clean_error(response: httpx.Response, statuses: Iterable[int]) -> str
     return str(body["detail"])
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
     """Poll ``predicate()`` until it is true or ``timeout`` seconds pass; return its last value."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +71,7 @@ class ServerProcess:
         return int(self.proc.returncode)
 
 
-def server_env(settings: dict[str, object], extra: dict[str, str] | None = None) -> dict[str, str]:
+def server_env(settings: Mapping[str, object], extra: dict[str, str] | None = None) -> dict[str, str]:
     """The child's environment: ours plus ``FCN_<NAME>`` for each setting, on loopback, text logs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_")}
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -85,7 +85,7 @@ def server_env(settings: dict[str, object], extra: dict[str, str] | None = None)
 
 
 def spawn(
-    settings: dict[str, object],
+    settings: Mapping[str, object],
     log_path: Path,
     module: str = "server",
     extra_env: dict[str, str] | None = None,
@@ -117,7 +117,7 @@ def wait_ready(server: ServerProcess, timeout: float = READY_TIMEOUT_S) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    settings: dict[str, object],
+    settings: Mapping[str, object],
     log_path: Path,
     module: str = "server",
     extra_env: dict[str, str] | None = None,
@@ -132,7 +132,7 @@ def running_server(
 
 
 @contextlib.contextmanager
-def fake_server(tmp: Path, settings: dict[str, object], spec: FakeSpec) -> Iterator[ServerProcess]:
+def fake_server(tmp: Path, settings: Mapping[str, object], spec: FakeSpec) -> Iterator[ServerProcess]:
     """The real server process over the scriptable fake backend; ``spec.log_path`` defaults into ``tmp``."""
     if spec.log_path is None:
         spec.log_path = str(tmp / "backend-calls.jsonl")

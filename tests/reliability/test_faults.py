@@ -208,7 +208,7 @@ def test_bad_model_files_fail_start_up_with_one_clear_line(
     plan_dir.mkdir()
     plan = plan_dir / "model.plan"
     plan.write_bytes(b"not really a TensorRT engine")
-    cases = {  # name: (settings, words the error line must contain)
+    cases: dict[str, tuple[dict[str, object], list[str]]] = {  # name: (settings, words in the error line)
         "missing": ({"model": tiny_models["missing"]}, ["not found", "missing.onnx"]),
         "truncated": ({"model": tiny_models["truncated"]}, ["cannot load", "truncated.onnx"]),
         "wrong architecture": ({"model": tiny_models["wrong"]}, ["not a deployable", "uint8"]),
