@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
+import itertools
 import json
 import os
 import signal
@@ -25,7 +27,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,19 +209,21 @@ def summarize(level: Level, server: str, delta: dict[str, float | None]) -> dict
     }
 
 
-async def run_levels(url: str, server: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The closed-loop sweep (and the open-loop rates) against one server."""
+async def run_levels(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The closed-loop sweep (and the open-loop rates) against every server, alternating the servers level by
+    level (only one is loaded at a time), so a slow phase of a shared machine hits all of them alike."""
     bodies = encoded_photographs(args.long_side)
     rows: list[dict[str, Any]] = []
     limits = httpx.Limits(
         max_connections=max([*args.concurrency, args.max_inflight]), max_keepalive_connections=64
     )
     async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
-        for body in bodies[: args.warmup]:
-            await _send(client, url, body, args.format)
+        for url in urls.values():
+            for body in bodies[: args.warmup]:
+                await _send(client, url, body, args.format)
         plan: list[tuple[str, float]] = [("closed", c) for c in args.concurrency]
         plan += [("open", r) for r in args.rate]
-        for mode, value in plan:
+        for (mode, value), (server, url) in itertools.product(plan, urls.items()):
             before = parse_metrics((await client.get(f"{url}/metrics")).text)
             if mode == "closed":
                 count = max(args.requests, args.requests_per_worker * int(value))
@@ -252,7 +255,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
+@contextlib.contextmanager
 def server_process(model: Path, max_batch_size: int, extra_env: dict[str, str], ready_timeout: float):
     """Start ``python -m server`` on a free loopback port; yield its URL; stop it with SIGTERM (by PID)."""
     port = free_port()
@@ -493,7 +496,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers: list[tuple[str, int]] = [("batching", args.max_batch_size)]
     if args.compare_no_batching:
         servers.append(("no-batching", 1))
-    rows: list[dict[str, Any]] = []
     try:
         if args.model is not None:
             from server.settings import Settings
@@ -505,9 +507,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"raw forward of {args.model} on the served shapes {sorted(set(shapes))}")
             timing = (args.model, shapes, args.raw_batch_sizes, args.raw_runs, usable_cores())
             measurements = [raw_forward(*timing)]
-            for name, batch in servers:
-                with server_process(args.model, batch, extra_env, args.ready_timeout) as url:
-                    rows += asyncio.run(run_levels(url, name, args))
+            with contextlib.ExitStack() as stack:
+                urls = {
+                    name: stack.enter_context(
+                        server_process(args.model, batch, extra_env, args.ready_timeout)
+                    )
+                    for name, batch in servers
+                }
+                rows = asyncio.run(run_levels(urls, args))
             log("raw forward again, after the servers stopped")
             measurements.append(raw_forward(*timing))
             raw = raw_summary(shapes, measurements)
@@ -515,11 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             urls = {"batching": check_loopback(args.url)}
             if args.compare_no_batching:
                 urls["no-batching"] = check_loopback(args.no_batching_url)
-            for name, _ in servers:
-                rows += asyncio.run(run_levels(urls[name], name, args))
+            rows = asyncio.run(run_levels(urls, args))
     except (RuntimeError, ValueError) as error:
         print(f"http benchmark failed: {error}", file=sys.stderr)
         return 1
+    rows.sort(key=lambda row: [name for name, _ in servers].index(row["server"]))  # stable: levels keep order
     targets = evaluate_targets(rows, raw, args.full_size)
     report = {
         "benchmark": "http",
