@@ -23,7 +23,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from export.sidecar import Sidecar, SidecarError, compatibility_problems, file_sha256, read_sidecar
+from common.digest import file_sha256
+from export.sidecar import Sidecar, SidecarError, compatibility_problems, read_sidecar
 
 log = logging.getLogger("ensure_engine")
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "export" / "build_engine.py"

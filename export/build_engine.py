@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from export.sidecar import Profile, Sidecar, file_sha256, write_sidecar
+from common.digest import file_sha256
+from export.sidecar import Profile, Sidecar, write_sidecar
 
 EXIT_UNAVAILABLE = 2
 MIN_AGREEMENT = 0.995

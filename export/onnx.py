@@ -25,13 +25,14 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from common.digest import file_sha256
 from common.metadata import ModelMetadata
 from export.graph import DeployableFCN, deployable_graph
 from export.images import synthetic_batch
 from export.onnx_meta import PROP_METADATA, PROP_PRECISION, PROP_SHA256
 from export.passes import fold_pool_padding
 from training.model import FCNBase
-from training.weights import CheckpointError, file_sha256, load_checkpoint
+from training.weights import CheckpointError, load_checkpoint
 
 MIN_OPSET = 18
 INPUT_NAME = "image"

@@ -7,7 +7,6 @@ built elsewhere, before TensorRT would fail or misbehave. Imports neither torch 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,15 +113,6 @@ class Sidecar:
             built_at=str(data.get("built_at", "")),
             extra=dict(data.get("extra", {})),
         )
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sidecar_path(plan: Path) -> Path:

@@ -17,8 +17,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from common.digest import file_sha256
 from training import synth, train
-from training.weights import file_sha256, load_checkpoint, save_checkpoint
+from training.weights import load_checkpoint, save_checkpoint
 
 DEMO_DIR = Path("models/demo")
 CHECKPOINT = DEMO_DIR / "fcn8s-demo.safetensors"

@@ -6,7 +6,6 @@ the unexpected keys and the mismatched shapes. Pickled files are only read with 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -27,15 +26,6 @@ StateDict = Mapping[str, Tensor]
 
 class CheckpointError(ValueError):
     """A checkpoint whose keys or shapes do not fit the model it is loaded into."""
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shape(tensor: Tensor) -> tuple[int, ...]:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from common.digest import file_sha256
 from common.metadata import ModelMetadata
-from export.sidecar import Profile, Sidecar, file_sha256, write_sidecar
+from export.sidecar import Profile, Sidecar, write_sidecar
 
 from .helpers import REPO_ROOT
 

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
+from common.digest import file_sha256
 from export.graph import deployable_graph
 from export.images import synthetic_batch
 from export.onnx import ort_session, read_properties, trace_to_onnx
-from export.sidecar import file_sha256
 from training.weights import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

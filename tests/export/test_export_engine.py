@@ -421,8 +421,8 @@ def fake_gpu(monkeypatch):
 def test_build_engine_cli_flow(fake_gpu, exported, tmp_path: Path, capsys) -> None:
     import onnx
 
+    from common.digest import file_sha256
     from export.fp16 import convert_to_fp16
-    from export.sidecar import file_sha256
 
     fp16 = tmp_path / "fp16.onnx"
     onnx.save(convert_to_fp16(onnx.load(str(exported.onnx))).model, str(fp16))

@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from common.digest import file_sha256
 from common.metadata import ModelMetadata, Normalization
 from export import onnx as export_onnx_module
 from export.graph import deployable_graph
@@ -23,7 +24,7 @@ from export.onnx import (
     read_properties,
     verify_onnx,
 )
-from training.weights import file_sha256, load_checkpoint
+from training.weights import load_checkpoint
 
 from .conftest import Exported
 from .export_helpers import random_model

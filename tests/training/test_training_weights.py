@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.digest import file_sha256
 from common.metadata import ModelMetadata, Normalization
 from training.model import build_model
 from training.weights import (
     CheckpointError,
-    file_sha256,
     import_previous_stage,
     import_vgg16,
     load_checkpoint,
