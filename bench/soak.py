@@ -31,6 +31,7 @@ from bench.http import check_loopback
 from bench.images import encoded_photographs
 from bench.machine import describe_machine, machine_slug
 from bench.stats import percentiles
+from tests.serverproc import rss_kib, running_server
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 Body = tuple[str, bytes, str]
@@ -39,14 +40,6 @@ Body = tuple[str, bytes, str]
 
 def log(message: str) -> None:
     print(f"[soak] {message}", file=sys.stderr, flush=True)
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (``VmRSS`` of ``/proc/<pid>/status``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 @dataclass
@@ -218,8 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         server_settings: dict[str, Any] = {"url": args.url}
     else:
-        from tests.reliability.serverproc import running_server
-
         log_dir = tempfile.TemporaryDirectory(prefix="soak-")
         log("starting python -m server (model load and warm-up first)")
         with log_dir, running_server(settings, Path(log_dir.name) / "server.log") as server:

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from server.settings import DEFAULT_MODEL
+from tests.serverproc import REPO_ROOT, running_server
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -31,7 +25,6 @@ CHROMIUM_ARGS = [
 ]
 MAX_BODY_BYTES = 400_000
 """Body limit of the test server: the scenes fit, the oversized upload does not."""
-READY_TIMEOUT_S = 90.0
 API_KEY = "browser-test-key"
 
 
@@ -48,28 +41,6 @@ class Server:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
-            )
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text(errors='replace')}")
-
-
 @contextlib.contextmanager
 def run_server(workdir: Path, **settings: str) -> Iterator[Server]:
     """``python -m server`` on a free loopback port with a small body limit, stopped with SIGTERM.
@@ -77,38 +48,24 @@ def run_server(workdir: Path, **settings: str) -> Iterator[Server]:
     It serves the default (demo) model, or the one ``FCN_MODEL`` in the environment names; ``settings``
     adds ``FCN_<NAME>`` variables.
     """
-    port = _free_port()
-    log_path = workdir / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_") or k == "FCN_MODEL"}
-    env.update(
-        PYTHONUNBUFFERED="1",
-        FCN_HOST="127.0.0.1",
-        FCN_PORT=str(port),
-        FCN_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
-        FCN_MAX_SIDE="256",  # the test scenes are smaller; fewer bucket shapes to warm up
-        FCN_BUCKET="64",
-        FCN_MAX_BATCH_SIZE="2",  # one page, one image at a time: a small warm-up batch
-        FCN_ORT_INTRA_OP_THREADS="2",
-        FCN_LOG_FORMAT="text",
-    )
-    env.update({f"FCN_{name.upper()}": value for name, value in settings.items()})
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_ready(url, proc, log_path)
+    values: dict[str, object] = {
+        "max_body_bytes": MAX_BODY_BYTES,
+        "max_side": 256,  # the test scenes are smaller; fewer bucket shapes to warm up
+        "bucket": 64,
+        "max_batch_size": 2,  # one page, one image at a time: a small warm-up batch
+        "ort_intra_op_threads": 2,
+        "log_format": "text",
+        **settings,
+    }
+    if "FCN_MODEL" in os.environ:
+        values.setdefault("model", os.environ["FCN_MODEL"])
+    with running_server(values, workdir / "server.log") as process:
         yield Server(
-            url=url, max_body_bytes=MAX_BODY_BYTES, log_path=log_path, api_key=settings.get("api_key")
+            url=process.url,
+            max_body_bytes=MAX_BODY_BYTES,
+            log_path=process.log_path,
+            api_key=settings.get("api_key"),
         )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def _skip_without_model() -> None:

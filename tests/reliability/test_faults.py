@@ -233,7 +233,7 @@ def test_bad_model_files_fail_start_up_with_one_clear_line(
                 assert word in errors[0], (name, word, errors[0])
     finally:
         for server in servers.values():
-            server.terminate(5)
+            server.stop(5)
 
 
 def test_engine_without_gpu_falls_back_to_onnx_runtime_with_a_warning(
@@ -253,7 +253,7 @@ def test_engine_without_gpu_falls_back_to_onnx_runtime_with_a_warning(
         warnings = [line for line in server.log().splitlines() if "falling back" in line]
         assert warnings and "tiny.onnx" in warnings[0], server.log()
     finally:
-        assert server.terminate() == 0
+        assert server.stop() == 0
 
 
 def _ready(server: ServerProcess) -> bool:

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.serverproc import REPO_ROOT, ServerProcess, free_port, spawn
+
 DEMO_ONNX = REPO_ROOT / "models" / "demo" / "fcn8s-demo.onnx"
 
 
@@ -40,63 +33,13 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return big
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ServerProcess:
-    """A server subprocess on loopback."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log()[-4000:]}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
-
-
 def start_server(
     tmp: Path, settings: dict[str, object], module: str = "server", extra_env: dict[str, str] | None = None
 ) -> ServerProcess:
-    """Start ``python -m <module>`` with FCN_* variables on a free loopback port (not waiting)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_")}
-    env.update({"PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-    values = {"host": "127.0.0.1", "port": port, "log_level": "info", "log_format": "text", **settings}
-    for key, value in values.items():
-        env[f"FCN_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    env.update(extra_env or {})
-    log_path = tmp / f"server-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    return ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    """Start ``python -m <module>`` with FCN_* variables on a free loopback port (not waiting), text logs."""
+    port = int(settings.get("port", free_port()))  # type: ignore[call-overload]
+    values = {"log_level": "info", "log_format": "text", **settings, "port": port}
+    return spawn(values, tmp / f"server-{port}.log", module, extra_env)
 
 
 @contextlib.contextmanager
