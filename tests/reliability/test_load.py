@@ -23,7 +23,10 @@ def test_concurrency_32_answers_everything_with_stable_memory(tiny_server: Serve
     before = metrics(tiny_server.url)
     result = asyncio.run(drive(tiny_server.url, bodies, CONCURRENCY, DURATION_S, tiny_server.proc.pid))
     summary = result.summary(WARMUP_S)
-    print(f"load figures: sent {result.sent}, statuses {dict(result.statuses)}, RSS {summary['rss']}")
+    print(
+        f"load figures: sent {result.sent}, statuses {dict(result.statuses)}, "
+        f"transport errors {dict(result.transport_errors)}, RSS {summary['rss']}"
+    )
     after = metrics(tiny_server.url)
     assert result.sent > 10 * CONCURRENCY, summary
     assert result.sent == result.answered, summary
