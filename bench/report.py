@@ -53,8 +53,8 @@ def _kind(report: dict[str, Any]) -> str | None:
     return None
 
 
-def machine_line(report: dict[str, Any]) -> str:
-    """One line naming the machine and the run."""
+def machine_line(report: dict[str, Any], slug: str | None = None) -> str:
+    """One line naming the machine (``slug`` when the report has none) and the run."""
     m = report["machine"]
     device = m.get("gpu") or f"{m['cpu_model']} ({m['cores']} cores, {', '.join(m['simd'])})"
     libraries = m["libraries"]
@@ -62,7 +62,7 @@ def machine_line(report: dict[str, Any]) -> str:
     note = f"; {report['note']}" if report.get("note") else ""
     started = report.get("started") or report.get("when")
     return (
-        f"Machine `{m['slug']}`: {device}, {m['memory_gib']} GiB; "
+        f"Machine `{m.get('slug') or slug}`: {device}, {m['memory_gib']} GiB; "
         f"onnxruntime {libraries.get('onnxruntime')}, torch {libraries.get('torch')}; "
         f"run {started}; 1-minute load average "
         f"{_num(load_start)} at start, {_num(load_end)} at end{note}."
@@ -208,7 +208,7 @@ def render(folder: Path) -> str:
         table = TABLES.get(_kind(report) or "")
         if table is None:
             continue
-        parts += [f"#### `{path.name}`", "", machine_line(report), "", table(report), ""]
+        parts += [f"#### `{path.name}`", "", machine_line(report, folder.name), "", table(report), ""]
         targets = targets_list(report)
         if targets:
             parts += [targets, ""]
