@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 FAILURE_REASONS: tuple[str, ...] = ("rejected", "expired", "cancelled", "bad_input", "backend")
+STAGES: tuple[str, ...] = ("receive", "decode", "resize", "pad", "queue", "infer", "crop", "encode")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
 
 
@@ -55,6 +56,16 @@ class Metrics:
         for reason in FAILURE_REASONS:
             self.failures.labels(reason)
         self.images = Counter("fcn_inference_images", "Images that reached the model", registry=reg)
+        self.stage_seconds = Histogram(
+            "fcn_stage_seconds",
+            "Per-request time of each request stage: thread CPU seconds of decode, resize, pad, crop, encode "
+            "(codec threads); wall seconds of receive (body upload), queue and infer (the request's batch)",
+            ["stage"],
+            registry=reg,
+            buckets=_LATENCY_BUCKETS,
+        )
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

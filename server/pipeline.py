@@ -6,7 +6,8 @@ crop) comes from the served model's :class:`~common.geometry.ServingGeometry`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -28,20 +29,45 @@ class Prepared:
     padded: np.ndarray
     size: Shape
     original: Shape
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """Thread CPU seconds of each step: ``decode``, ``resize``, ``pad``."""
 
 
 def prepare(
     data: bytes, geometry: ServingGeometry, pad_colour: tuple[int, int, int], max_pixels: int
 ) -> Prepared:
     """Decode (limits, EXIF, RGB), resize to the inference size and pad to the bucket."""
+    clock = time.thread_time
+    start = clock()
     rgb, original = decode_for_inference(data, max_pixels, geometry.max_side)
+    decoded = clock()
     size = geometry.inference_size(*original)
-    return Prepared(geometry.pad(resize_rgb(rgb, size), pad_colour), size, original)
+    small = resize_rgb(rgb, size)
+    resized = clock()
+    padded = geometry.pad(small, pad_colour)
+    cpu = {"decode": decoded - start, "resize": resized - decoded, "pad": clock() - resized}
+    return Prepared(padded, size, original, cpu)
 
 
-def finish(labels: np.ndarray, prepared: Prepared, fmt: OutputFormat, meta: ModelMetadata) -> bytes:
+@dataclass(frozen=True)
+class Finished:
+    """A response body and the thread CPU seconds of each step: ``crop`` (crop + resize back), ``encode``."""
+
+    body: bytes
+    cpu_s: dict[str, float]
+
+
+def finish(labels: np.ndarray, prepared: Prepared, fmt: OutputFormat, meta: ModelMetadata) -> Finished:
     """Crop the bucket's labels, resize them to the upload's size and encode a label PNG or RLE JSON."""
+    start = time.thread_time()
     full = resize_labels(ServingGeometry.crop(labels, prepared.size), prepared.original)
+    cropped = time.thread_time()
+    body = encode(full, fmt, meta)
+    return Finished(body, {"crop": cropped - start, "encode": time.thread_time() - cropped})
+
+
+def encode(full: np.ndarray, fmt: OutputFormat, meta: ModelMetadata) -> bytes:
+    """A label map as a palette PNG (pixel value = class index) or class-mask JSON (COCO RLE)."""
     if fmt == "png":
         return encode_label_png(full, meta.palette)
     height, width = full.shape

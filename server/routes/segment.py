@@ -69,18 +69,23 @@ async def segment(
 
 async def _segment(service: Service, request: Request, query_format: OutputFormat | None) -> Response:
     settings, metrics, model = service.settings, service.metrics, service.model
+    stages = metrics.stage_seconds
     assert model is not None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.deadline_ms / 1000
     fmt = choose_format(query_format, request.headers.get("accept"))
     limits = BodyLimits(settings.max_body_bytes, settings.max_form_parts, settings.deadline_ms / 1000)
     try:
+        start = time.perf_counter()
         data = await read_image_bytes(request, limits)
+        stages.labels("receive").observe(time.perf_counter() - start)
         start = time.perf_counter()
         prepared = await service.in_codec_thread(
             prepare, data, model.geometry, model.pad_colour, settings.max_pixels
         )
         metrics.decode_seconds.observe(time.perf_counter() - start)
+        for stage, seconds in prepared.cpu_s.items():
+            stages.labels(stage).observe(seconds)
     except ClientGone:
         metrics.failures.labels("cancelled").inc()
         return error_response(CLIENT_CLOSED, "client closed the request during the upload")
@@ -99,9 +104,13 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
     outcome = await _await_result(service, job, request.receive, deadline)
     if isinstance(outcome, Response):
         return outcome
+    stages.labels("queue").observe(outcome.queue_s)
+    stages.labels("infer").observe(outcome.inference_s)
     start = time.perf_counter()
-    body = await service.in_codec_thread(finish, outcome.labels, prepared, fmt, model.metadata)
+    finished = await service.in_codec_thread(finish, outcome.labels, prepared, fmt, model.metadata)
     metrics.encode_seconds.observe(time.perf_counter() - start)
+    for stage, seconds in finished.cpu_s.items():
+        stages.labels(stage).observe(seconds)
     headers = {
         "X-Model": model.metadata.name.encode("ascii", "replace").decode(),
         "X-Batch-Size": str(outcome.batch_size),
@@ -109,7 +118,7 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
         "X-Inference-Ms": f"{outcome.inference_s * 1000:.2f}",
         "Vary": "Accept",
     }
-    return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
+    return Response(finished.body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
 async def _wait_disconnect(receive: Receive) -> None:
