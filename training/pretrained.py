@@ -179,9 +179,9 @@ def _say(message: str) -> None:
     print(f"[pretrained] {message}", flush=True)
 
 
-def _trust_on_first_use(url: str, sha256: str, where: str) -> None:
+def _trust_on_first_use(reason: str, sha256: str, where: str) -> None:
     _say(
-        f"note: no published checksum exists for {url}; its SHA-256 {sha256} is recorded {where} "
+        f"note: {reason}; its SHA-256 {sha256} is recorded {where} "
         "(trust on first use: compare it with a copy you trust)"
     )
 
@@ -225,7 +225,8 @@ def remember_first_use(source: Source, cache_dir: Path, provenance: dict[str, An
     if source.checksum is None and not pin.is_file():
         pin.write_text(provenance["sha256"] + "\n")
         where = f"in {pin} and in the model's metadata"
-        _trust_on_first_use(provenance["source"], provenance["sha256"], where)
+        reason = f"no published checksum exists for {provenance['source']}"
+        _trust_on_first_use(reason, provenance["sha256"], where)
 
 
 def _provenance(source: Source, url: str, digests: dict[str, str], verified: bool) -> dict[str, Any]:
@@ -259,7 +260,8 @@ def verify_local(net: PretrainedNet, path: Path, accept_unverified: bool) -> dic
             f"{path} matches no published checksum of {net.key} (expected {expected}); "
             "pass --accept-unverified to convert it anyway, recording its SHA-256 as trust on first use"
         )
-    _trust_on_first_use(f"{path} (fetched by hand)", digests["sha256"], "in the model's metadata")
+    reason = f"{path} matches no published checksum of {net.key}"
+    _trust_on_first_use(reason, digests["sha256"], "in the model's metadata")
     return {
         "source": f"local file {path.name}", "file": str(path), "format": kind, "sha256": digests["sha256"],
         "checksum": {"algorithm": "sha256", "value": digests["sha256"], "verified": False,
