@@ -31,8 +31,8 @@ from training.weights import CheckpointError, check_state_dict
 
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
 
-V1_LAYER_TYPES = {4: "Convolution", 39: "Deconvolution", 14: "InnerProduct", 6: "Dropout", 17: "Pooling"}
-"""Names of the ``V1LayerParameter.LayerType`` values with blobs in VGG-style nets (for messages only)."""
+V1_LAYER_TYPES = {4: "Convolution", 39: "Deconvolution", 14: "InnerProduct", 17: "Pooling", 18: "ReLU"}
+"""Names of some ``V1LayerParameter.LayerType`` values (for messages; others show as numbers)."""
 
 AT_ONCE_SCALES = {"scale_pool4": 0.01, "scale_pool3": 0.0001}
 """The fixed ``Scale`` layers of ``voc-fcn8s-atonce``; ``FCN8sAtOnce`` hard-codes these factors."""
@@ -129,7 +129,7 @@ def _text(buf: memoryview, field: _Field) -> str:
 
 
 def _numbers(buf: memoryview, field: _Field, dtype: str) -> np.ndarray:
-    """A packed (bytes) or single unpacked fixed-width value as a float array."""
+    """The values of a packed field, or the one value of an unpacked one, as float32."""
     raw = buf[field.start : field.stop]
     size = np.dtype(dtype).itemsize
     if len(raw) % size:

@@ -68,6 +68,7 @@ class PretrainedNet:
     sources: tuple[Source, ...]
 
     def source(self, name: str | None) -> Source:
+        """The source called ``name`` (the default one for None)."""
         for source in self.sources:
             if name in (None, source.name):
                 return source
@@ -207,7 +208,7 @@ def obtain(source: Source, cache_dir: Path, mirror: str | None = None) -> tuple[
     digests: dict[str, str] | None = None
     if dest.is_file():
         digests = file_digests(dest)
-        if expected is None or digests[expected.algorithm] == expected.value:
+        if expected is None or digests[expected.algorithm] == expected.value.lower():
             _say(f"using the cached {dest}")
         else:
             _say(f"the cached {dest} does not match {expected}; downloading it again")
