@@ -29,7 +29,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 typecheck: install-dev
-	$(BIN)/mypy export/trt.py export/sidecar.py export/precision.py export/onnx_meta.py export/triton.py
+	$(BIN)/mypy common engine export/trt.py export/precision.py export/triton.py
 
 system-deps:  ## Debian packages the browser tests drive (the Docker test installs its own engine)
 	bash scripts/install-chromium.sh

@@ -13,6 +13,12 @@ from typing import Any
 import numpy as np
 
 from bench.models import ModelSpec, fp32_onnx, int8_onnx, plain_onnx, random_model
+from common.contract import INPUT_NAME
+from common.geometry import NetworkGeometry, ServingGeometry
+from common.onnxrt import create_session
+
+BENCH_PROFILE = ServingGeometry(NetworkGeometry()).engine_profile(max_batch=16)
+"""TensorRT profile of the forward benchmark: every bucket of the default geometry, batch 1..16."""
 
 
 class Unavailable(RuntimeError):
@@ -73,17 +79,11 @@ def _torch_eager(context: BuildContext, channels_last: bool) -> Runner:
 
 
 def _ort_session(path: Path, threads: int, providers: list[str]) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    return create_session(path, providers=providers, intra_op_threads=threads)
 
 
 def _ort_runner(
-    name: str, precision: str, description: str, session: Any, input_name: str = "image"
+    name: str, precision: str, description: str, session: Any, input_name: str = INPUT_NAME
 ) -> Runner:
     return Runner(
         name=name,
@@ -169,26 +169,25 @@ def torch_cuda_fp16(context: BuildContext) -> Runner:
 
 def trt_fp16(context: BuildContext) -> Runner:
     """TensorRT FP16 engine of the FP16 ONNX (``export.fp16``; TensorRT 11 networks are strongly typed)."""
+    from engine.runtime import TensorRTRunner, TensorRTUnavailable, environment
     from export import trt
 
     try:
-        trt.environment()
-    except trt.TensorRTUnavailable as error:
+        environment()
+    except TensorRTUnavailable as error:
         raise Unavailable(str(error)) from error
     import onnx
 
     from export.fp16 import convert_to_fp16
-    from export.sidecar import Profile
 
     plan = Path(context.cache) / f"{context.spec.key}-fp16.plan"
     if not plan.exists() or context.rebuild:
         fp16 = plan.with_suffix(".onnx")
         onnx.save(convert_to_fp16(onnx.load(str(fp32_onnx(context.spec, context.cache)))).model, str(fp16))
-        profile = Profile(min_batch=1, opt_batch=8, max_batch=16, min_side=32, opt_side=500, max_side=512)
-        plan.write_bytes(trt.build_engine(fp16, trt.BuildOptions(profile=profile)).plan)
-    runner = trt.TensorRTRunner(plan)
+        plan.write_bytes(trt.build_engine(fp16, trt.BuildOptions(profile=BENCH_PROFILE)).plan)
+    runner = TensorRTRunner(plan)
     return Runner(
-        "trt-fp16", "cuda", "fp16", "TensorRT FP16 engine (batch 1-16, sides 32-512), uint8 in / labels out",
+        "trt-fp16", "cuda", "fp16", f"TensorRT FP16 engine (profile {BENCH_PROFILE}), uint8 in / labels out",
         prepare=lambda images: images, run=runner.run,
     )  # fmt: skip
 

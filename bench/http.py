@@ -39,6 +39,9 @@ import numpy as np
 from bench.images import encoded_photographs, load_photographs
 from bench.machine import describe_machine, machine_slug, usable_cores
 from bench.stats import percentiles
+from common.contract import INPUT_NAME
+from common.geometry import ServingGeometry
+from common.onnxrt import create_session, read_metadata
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -290,16 +293,12 @@ def server_process(model: Path, max_batch_size: int, extra_env: dict[str, str], 
                 process.wait()
 
 
-def served_shapes(long_side: int, bucket: int, max_side: int) -> list[tuple[int, int]]:
+def served_shapes(long_side: int, geometry: ServingGeometry) -> list[tuple[int, int]]:
     """The padded (h, w) the server runs each benchmark photograph at (its bucket)."""
-    from server.batcher import bucket_shape
-    from server.imaging import inference_size
-
-    shapes = []
-    for image in load_photographs(long_side):
-        height, width = inference_size(image.height, image.width, max_side)
-        shapes.append(bucket_shape(height, width, bucket, max_side))
-    return shapes
+    return [
+        geometry.bucket_shape(*geometry.inference_size(image.height, image.width))
+        for image in load_photographs(long_side)
+    ]
 
 
 def raw_forward(
@@ -307,23 +306,18 @@ def raw_forward(
 ) -> dict[int, float]:
     """ONNX Runtime alone on the served shapes: seconds per image at each batch size, averaged over the
     request mix (each distinct shape timed once, weighted by how many photographs land in it)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    session = create_session(model, intra_op_threads=threads)
     mix = Counter(shapes)
     per_image: dict[int, float] = {}
     for batch in batch_sizes:
         total = 0.0
         for (height, width), count in mix.items():
             images = np.zeros((batch, height, width, 3), dtype=np.uint8)
-            session.run(None, {"image": images})
+            session.run(None, {INPUT_NAME: images})
             times = []
             for _ in range(runs):
                 start = time.perf_counter()
-                session.run(None, {"image": images})
+                session.run(None, {INPUT_NAME: images})
                 times.append(time.perf_counter() - start)
             total += count * float(np.median(times)) / batch
         per_image[batch] = total / len(shapes)
@@ -503,7 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = Settings(
                 model=args.model, **{k[4:].lower(): v for k, v in extra_env.items() if k.startswith("FCN_")}
             )
-            shapes = served_shapes(args.long_side, settings.bucket, settings.max_side)
+            geometry = ServingGeometry(
+                read_metadata(args.model)[0].geometry, settings.max_side, settings.bucket
+            )
+            shapes = served_shapes(args.long_side, geometry)
             log(f"raw forward of {args.model} on the served shapes {sorted(set(shapes))}")
             timing = (args.model, shapes, args.raw_batch_sizes, args.raw_runs, usable_cores())
             measurements = [raw_forward(*timing)]

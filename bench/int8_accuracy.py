@@ -26,6 +26,8 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.machine import describe_machine, machine_slug, usable_cores
+from common.contract import INPUT_NAME
+from common.onnxrt import create_session, read_metadata
 from export.quantize import quantize_onnx, synthetic_images
 from training.metrics import ConfusionMeter
 from training.synth import make_scene, scene_rng
@@ -41,24 +43,21 @@ def held_out_scenes(count: int, size: int, seed: int = HELD_OUT_SEED) -> list[tu
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return create_session(path, intra_op_threads=threads)
 
 
 def predict(session: ort.InferenceSession, images: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Label maps of each image (batch 1)."""
-    return [session.run(None, {"image": image[None]})[0][0] for image in images]
+    return [session.run(None, {INPUT_NAME: image[None]})[0][0] for image in images]
 
 
 def median_ms(session: ort.InferenceSession, image: np.ndarray, runs: int) -> float:
     """Median forward time of one image (after one warm-up run)."""
-    session.run(None, {"image": image[None]})
+    session.run(None, {INPUT_NAME: image[None]})
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(None, {"image": image[None]})
+        session.run(None, {INPUT_NAME: image[None]})
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
 
@@ -117,14 +116,7 @@ def evaluate(
 
 
 def _classes(onnx_path: Path) -> int:
-    import onnx
-
-    from common.metadata import ModelMetadata
-
-    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    if "fcn_metadata" not in props:
-        raise ValueError(f"{onnx_path} has no fcn_metadata property (not exported by export.onnx?)")
-    return ModelMetadata.from_json(props["fcn_metadata"]).num_classes
+    return read_metadata(onnx_path)[0].num_classes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,16 +1,28 @@
-"""Markdown tables of a results folder, for the README's Performance section.
+"""Markdown tables of benchmark results: one results folder, or the generated section of docs/benchmarks.md.
 
-python -m bench.report bench/results/amd-epyc-2c-avx2
+python -m bench.report bench/results/amd-epyc-2c-avx2        # print one machine's tables
+python -m bench.report --write docs/benchmarks.md            # regenerate the marked section from every
+                                                             # bench/results/<machine>/ folder
+python -m bench.report --check docs/benchmarks.md            # exit 1 when that section is out of date
+
+The section is everything between the lines ``<!-- generated: bench.report -->`` and
+``<!-- end generated -->``; the rest of the page is prose and is left alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BEGIN_MARK = "<!-- generated: bench.report -->"
+END_MARK = "<!-- end generated -->"
+KIND_ORDER = ("forward", "http", "int8-accuracy", "soak")
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -26,19 +38,50 @@ def _table(header: Sequence[str], rows: list[Sequence[object]]) -> str:
     return "\n".join([_row(header), _row(align), *(_row(r) for r in rows)])
 
 
-def machine_line(report: dict[str, Any]) -> str:
-    """One line naming the machine and the run."""
+def _value(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _kind(report: dict[str, Any]) -> str | None:
+    """``forward``, ``http``, ``int8-accuracy`` or ``soak`` (soak reports carry no ``benchmark`` key)."""
+    if "benchmark" in report:
+        return str(report["benchmark"])
+    if "rss" in report and "latency_ok" in report:
+        return "soak"
+    return None
+
+
+def machine_line(report: dict[str, Any], slug: str | None = None) -> str:
+    """One line naming the machine (``slug`` when the report has none) and the run."""
     m = report["machine"]
     device = m.get("gpu") or f"{m['cpu_model']} ({m['cores']} cores, {', '.join(m['simd'])})"
     libraries = m["libraries"]
     load_start, load_end = m.get("load_average_at_start", [None])[0], m.get("load_average_at_end", [None])[0]
     note = f"; {report['note']}" if report.get("note") else ""
+    started = report.get("started") or report.get("when")
     return (
-        f"Machine `{m['slug']}`: {device}, {m['memory_gib']} GiB; "
+        f"Machine `{m.get('slug') or slug}`: {device}, {m['memory_gib']} GiB; "
         f"onnxruntime {libraries.get('onnxruntime')}, torch {libraries.get('torch')}; "
-        f"run {report['started']}; 1-minute load average "
+        f"run {started}; 1-minute load average "
         f"{_num(load_start)} at start, {_num(load_end)} at end{note}."
     )
+
+
+def run_line(report: dict[str, Any]) -> str:
+    """When the run started (and finished), the machine's load then, and the report's note."""
+    m = report["machine"]
+    started = report.get("started") or report.get("when")
+    finished = f" to {report['finished']}" if report.get("finished") else ""
+    loads = []
+    if m.get("load_average_at_start"):
+        loads.append(f"{_num(m['load_average_at_start'][0])} at the start")
+    if m.get("load_average_at_end"):
+        loads.append(f"{_num(m['load_average_at_end'][0])} at the end")
+    load = f"; 1-minute load average {' and '.join(loads)}" if loads else ""
+    note = f". Note: {report['note']}" if report.get("note") else ""
+    return f"Run {started}{finished}{load}{note}."
 
 
 def forward_table(report: dict[str, Any]) -> str:
@@ -109,45 +152,256 @@ def int8_table(report: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def soak_table(report: dict[str, Any]) -> str:
+    """The soak run's figures, one per row."""
+    lat, rss, server = report["latency_ok"], report["rss"], report.get("server") or {}
+    statuses = ", ".join(f"{code}: {count}" for code, count in sorted(report["statuses"].items())) or "none"
+    transport = ", ".join(f"{k}: {v}" for k, v in sorted(report["transport_errors"].items())) or "0"
+    latency = ", ".join(f"{p} {_num(lat.get(f'{p}_ms'), 0)} ms" for p in ("p50", "p90", "p95", "p99", "max"))
+    rows: list[Sequence[object]] = [
+        [
+            "requests sent / answered",
+            f"{report['sent']} / {report['answered']} in {report['duration_s']:.1f} s",
+        ],
+        ["throughput", f"{_num(report['throughput_rps'], 2)} req/s"],
+        ["answers by status", statuses],
+        ["5xx answers", report["errors_5xx"]],
+        ["transport errors", transport],
+        ["latency of the 200s", latency],
+        [
+            "server RSS (MiB)",
+            f"start {_num(rss['start_mib'])}, after {report.get('warmup_s', 0):g} s warm-up "
+            f"{_num(rss['after_warmup_mib'])}, end {_num(rss['end_mib'])}, max {_num(rss['max_mib'])}",
+        ],
+        ["RSS growth after warm-up", f"{rss['growth_after_warmup_pct']:+.1f}%"],
+    ]
+    if "exit_code_after_sigterm" in server:
+        rows.append(["exit code after SIGTERM", server["exit_code_after_sigterm"]])
+    return _table(["figure", "value"], rows)
+
+
 def targets_list(report: dict[str, Any]) -> str:
     """Each target as a bullet: value, goal, met / missed / not measured."""
     items = report.get("targets") or ([report["target"]] if "target" in report else [])
     lines = []
     for t in items:
-        value = "–" if t.get("value") is None else f"{t['value']:.3g}"
         name = t.get("target", "INT8 label agreement vs FP32 (best variant)")
-        lines.append(f"- {name}: {value} (goal {t['goal']}) — **{t['status']}**")
+        best = t.get("best_keep_fp32")
+        kept = f", keeping {' '.join(best)} in FP32" if best else ""
+        lines.append(f"- {name}: {_value(t.get('value'))}{kept} (goal {t['goal']}) — **{t['status']}**")
     return "\n".join(lines)
 
 
+TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "forward": forward_table,
+    "http": http_table,
+    "int8-accuracy": int8_table,
+    "soak": soak_table,
+}
+
+
 def render(folder: Path) -> str:
-    """Markdown for every report in ``folder``."""
+    """Markdown for every report in ``folder`` (what ``python -m bench.report FOLDER`` prints)."""
     parts = []
     for path in sorted(folder.glob("*.json")):
         report = json.loads(path.read_text())
-        kind = report.get("benchmark")
-        table = {"forward": forward_table, "http": http_table, "int8-accuracy": int8_table}.get(kind)
+        table = TABLES.get(_kind(report) or "")
         if table is None:
             continue
-        parts += [
-            f"#### `{path.name}`",
-            "",
-            machine_line(report),
-            "",
-            table(report),
-            "",
-            targets_list(report),
-            "",
-        ]
+        parts += [f"#### `{path.name}`", "", machine_line(report, folder.name), "", table(report), ""]
+        targets = targets_list(report)
+        if targets:
+            parts += [targets, ""]
     return "\n".join(parts)
+
+
+# ---- the generated section of docs/benchmarks.md --------------------------------------------------------
+
+
+def _link(path: Path, doc_dir: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), doc_dir.resolve())).as_posix()
+
+
+def _machine_summary(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    simd = ", ".join(m["simd"])
+    cpu = f"{m['cpu_model']}, {m['cores']} usable cores ({m['logical_cpus']} logical), SIMD {simd}"
+    gpu = f"GPU {m['gpu']}" if m.get("gpu") else "no GPU"
+    libraries = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
+    return f"{cpu}; {m['memory_gib']} GiB; {gpu}; {m['os']}; Python {m['python']}; {libraries}."
+
+
+def _forward_context(report: dict[str, Any]) -> list[str]:
+    model, peak, settings = report["model"], report["peak"], report["settings"]
+    lines = [
+        f"Model: {model['architecture']} width {model['width']:g}, {model['num_classes']} classes, "
+        f"seed {model['seed']}, {model['height']}×{model['image_width']}: "
+        f"{model['gflop_per_image']:.1f} GFLOP per image."
+        f' Peak used for "% of peak": {_num(peak["gflops"])} GFLOP/s ({peak["method"]}; '
+        f"{peak['description']}). Warm-up {settings['warmup']}, {settings['runs']} timed runs per cell, "
+        f'{settings["threads"]} threads. "× paper" = time per image ÷ the {report["paper"]["device"]} time '
+        f"(1.0 = as fast as the paper's GPU).",
+        "",
+    ]
+    lines += [f"- `{name}`: {text}" for name, text in report.get("backends", {}).items()]
+    lines += [f"- `{name}`: not run — {reason}" for name, reason in report.get("skipped", {}).items()]
+    lines += [
+        f"- `{name}`: batch sizes stopped — {reason}" for name, reason in report.get("stopped", {}).items()
+    ]
+    return lines
+
+
+def _http_context(report: dict[str, Any]) -> list[str]:
+    s, raw = report["settings"], report.get("raw_forward") or {}
+    env = " ".join(f"`{k}={v}`" for k, v in (s.get("server_env") or {}).items())
+    batching = f"`max_batch_size` {s['max_batch_size']}"
+    if s.get("compare_no_batching"):
+        servers = f"batching ({batching}) and no-batching (`max_batch_size` 1) servers, levels alternating"
+    else:
+        servers = f"batching server only ({batching})"
+    text = (
+        f"Model `{report['model']}`; {servers}; other settings at their defaults"
+        + (f" except {env}" if env else "")
+        + f"; {s['format'].upper()} responses; photographs resized to a {s['long_side']} px long side."
+    )
+    if raw:
+        shapes = ", ".join(sorted({f"{h}×{w}" for h, w in raw["shapes"]}))
+        text += (
+            f" Raw ONNX Runtime forward at the bucket shapes the server runs them at ({shapes}): "
+            f"{_num(raw['batch1_ms'])} ms per image at batch 1, best {_num(raw['best_images_per_s'], 2)} "
+            f"images/s (batch {raw['best_batch']})."
+        )
+    return [
+        text,
+        "",
+        '"queue ms" = mean wait per image and "inference ms" = mean backend time per batch, both from the '
+        "server's `/metrics` over the level.",
+    ]
+
+
+def _int8_context(report: dict[str, Any]) -> list[str]:
+    cal, held = report["calibration"], report["held_out"]
+    reduce_range = "yes" if report.get("reduce_range") else "no"
+    return [
+        f"Model `{report['model']}`; calibrated on {cal['count']} synthetic scenes (seed {cal['seed']}, "
+        f"{cal['size']} px), evaluated on {held['count']} held-out synthetic scenes (seed {held['seed']}, "
+        f"{held['size']} px); 7-bit weights (`--reduce-range`): {reduce_range}. "
+        "Label agreement = share of pixels where INT8 and FP32 predict the same class."
+    ]
+
+
+def _soak_context(report: dict[str, Any]) -> list[str]:
+    server = report.get("server") or {}
+    batching = ", ".join(f"`{k}` {v:g}" for k, v in (server.get("batching") or {}).items())
+    images = ", ".join(Path(name).stem for name in report.get("images", []))
+    return [
+        f"`{server.get('model')}` on {server.get('backend')} ({server.get('provider')}); {batching}; "
+        f"closed loop at concurrency {report['concurrency']}, multipart uploads of {images}."
+    ]
+
+
+CONTEXT: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "forward": _forward_context,
+    "http": _http_context,
+    "int8-accuracy": _int8_context,
+    "soak": _soak_context,
+}
+TITLES = {
+    "forward": "Forward pass",
+    "http": "The service under load",
+    "int8-accuracy": "CPU INT8 accuracy",
+    "soak": "Soak",
+}
+
+
+def _reports(folder: Path) -> list[tuple[Path, str, dict[str, Any]]]:
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        kind = _kind(report)
+        if kind in TABLES:
+            found.append((path, kind, report))
+    return sorted(found, key=lambda item: (KIND_ORDER.index(item[1]), item[0].name))
+
+
+def render_machine(folder: Path, doc_dir: Path) -> str:
+    """One machine's section: its description, then every report with context, table, targets and plot."""
+    reports = _reports(folder)
+    if not reports:
+        return ""
+    parts = [f"### `{folder.name}`", "", _machine_summary(reports[0][2]), ""]
+    for path, kind, report in reports:
+        parts += [f"#### {TITLES[kind]}: [`{path.name}`]({_link(path, doc_dir)})", "", run_line(report), ""]
+        parts += [*CONTEXT[kind](report), "", TABLES[kind](report), ""]
+        targets = targets_list(report)
+        if targets:
+            parts += ["Targets:", "", targets, ""]
+        plot = path.with_suffix(".png")
+        if plot.is_file():
+            parts += [f"![{path.stem}: {TITLES[kind].lower()}]({_link(plot, doc_dir)})", ""]
+    return "\n".join(parts)
+
+
+def render_docs(results_dir: Path, doc_dir: Path) -> str:
+    """The generated section for every ``results_dir/<machine>/`` folder, links relative to ``doc_dir``."""
+    machines = [
+        render_machine(folder, doc_dir) for folder in sorted(p for p in results_dir.iterdir() if p.is_dir())
+    ]
+    body = "\n".join(m for m in machines if m) or "No results yet.\n"
+    note = "<!-- Written by `python -m bench.report --write`; edit bench/report.py, not this section. -->"
+    return f"{note}\n\n{body}"
+
+
+def replace_section(text: str, generated: str) -> str:
+    """``text`` with everything between the two marker lines replaced by ``generated``."""
+    lines = text.splitlines(keepends=True)
+    stripped = [line.strip() for line in lines]
+    if stripped.count(BEGIN_MARK) != 1 or stripped.count(END_MARK) != 1:
+        raise ValueError(f"need exactly one {BEGIN_MARK!r} line and one {END_MARK!r} line")
+    begin, end = stripped.index(BEGIN_MARK), stripped.index(END_MARK)
+    if end < begin:
+        raise ValueError(f"{END_MARK!r} comes before {BEGIN_MARK!r}")
+    return "".join(lines[: begin + 1]) + "\n" + generated.strip("\n") + "\n\n" + "".join(lines[end:])
+
+
+def updated_doc(doc: Path, results_dir: Path = RESULTS_DIR) -> str:
+    """The text ``doc`` should have: its generated section rebuilt from ``results_dir``."""
+    return replace_section(doc.read_text(), render_docs(results_dir, doc.parent))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("folder", type=Path, help="bench/results/<machine>")
+    parser.add_argument("folder", type=Path, nargs="?", help="bench/results/<machine>: print its tables")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--write", type=Path, metavar="DOC", help="rewrite DOC's generated section")
+    action.add_argument(
+        "--check", type=Path, metavar="DOC", help="exit 1 if DOC's generated section is stale"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        help="folder of <machine>/ result folders (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    doc = args.write or args.check
+    if doc is not None:
+        try:
+            text = updated_doc(doc, args.results)
+        except (OSError, ValueError) as exc:
+            print(f"bench.report: {doc}: {exc}", file=sys.stderr)
+            return 1
+        if args.check:
+            if text != doc.read_text():
+                print(f"{doc} is out of date: run python -m bench.report --write {doc}", file=sys.stderr)
+                return 1
+            return 0
+        doc.write_text(text)
+        return 0
+    if args.folder is None:
+        parser.error("give a results folder, --write DOC or --check DOC")
     if not args.folder.is_dir():
         print(f"no such folder: {args.folder}", file=sys.stderr)
         return 1

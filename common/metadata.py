@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from common.classes import VOC_CLASSES, Color, voc_palette
+from common.geometry import NetworkGeometry
 
 Architecture = Literal["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 ARCHITECTURES: tuple[str, ...] = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
@@ -32,6 +33,12 @@ class Normalization:
         """The Caffe reference preprocessing: BGR, 0..255, mean-subtracted, no std division."""
         return cls(channel_order="BGR", scale=1.0, mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0))
 
+    def neutral_rgb(self) -> Color:
+        """The uint8 RGB colour that normalises to (about) zero: the padding colour of every bucket."""
+        rgb_mean = self.mean if self.channel_order == "RGB" else self.mean[::-1]
+        r, g, b = (min(255, max(0, round(m / self.scale))) for m in rgb_mean)
+        return r, g, b
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
         return cls(
@@ -54,6 +61,8 @@ class ModelMetadata:
     name: str = "fcn8s"
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    geometry: NetworkGeometry = field(default_factory=NetworkGeometry)
+    """Input growth, output stride and smallest input of the network (written by the export)."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -73,6 +82,7 @@ class ModelMetadata:
         data["palette"] = [list(c) for c in self.palette]
         data["normalization"]["mean"] = list(self.normalization.mean)
         data["normalization"]["std"] = list(self.normalization.std)
+        data["geometry"] = self.geometry.to_dict()
         return data
 
     def to_json(self) -> str:
@@ -89,6 +99,7 @@ class ModelMetadata:
             name=data.get("name", data["architecture"]),
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
+            geometry=NetworkGeometry.from_dict(data.get("geometry")),
         )
 
     @classmethod

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.digest import file_sha256
-from export.sidecar import Sidecar, SidecarError, compatibility_problems, read_sidecar
+from engine.runtime import compatibility_problems
+from engine.spec import Sidecar, SidecarError, read_sidecar
 
 log = logging.getLogger("ensure_engine")
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "export" / "build_engine.py"

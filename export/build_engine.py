@@ -20,17 +20,34 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
+import os
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 
 import numpy as np
 
+from common.contract import INPUT_NAME, LABELS_NAME
 from common.digest import file_sha256
-from export.sidecar import Profile, Sidecar, write_sidecar
+from common.geometry import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_SIDE,
+    NetworkGeometry,
+    Profile,
+    ServingGeometry,
+)
+from engine.spec import Sidecar, write_sidecar
 
 EXIT_UNAVAILABLE = 2
 MIN_AGREEMENT = 0.995
+PROFILE_FIELDS = tuple(f.name for f in fields(Profile))
+SERVING_DEFAULTS = {
+    "max_side": DEFAULT_MAX_SIDE,
+    "bucket": DEFAULT_GRANULARITY,
+    "max_batch_size": DEFAULT_MAX_BATCH,
+}
 
 
 def log(message: str) -> None:
@@ -38,19 +55,25 @@ def log(message: str) -> None:
     print(f"[build_engine] {message}", flush=True)
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Profile]:
-    """Command-line options and the optimisation profile they describe."""
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--onnx", type=Path, required=True, help="ONNX graph (FP16 for an FP16 engine)")
     parser.add_argument("--out", type=Path, required=True, help="plan file to write (sidecar: OUT.json)")
-    profile = parser.add_argument_group("optimisation profile of the image input [N, H, W, 3]")
-    defaults = Profile()
-    for field in ("batch", "side"):
-        for level in ("min", "opt", "max"):
-            value = getattr(defaults, f"{level}_{field}")
-            profile.add_argument(f"--{level}-{field}", type=int, default=value, help=f"default {value}")
+    serving = parser.add_argument_group(
+        "serving geometry: the profile covers every bucket the server makes with these settings "
+        "(defaults: the server's FCN_* variables where set, else the server's defaults)"
+    )
+    for name, default in SERVING_DEFAULTS.items():
+        value = int(os.environ.get(f"FCN_{name.upper()}", default))
+        serving.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=value, help=f"as FCN_{name.upper()} ({value})"
+        )
+    profile = parser.add_argument_group("explicit profile of the image input [N, H, W, 3] (overrides)")
+    for field in PROFILE_FIELDS:
+        profile.add_argument(f"--profile-{field.replace('_', '-')}", type=int, dest=field, metavar="N")
     parser.add_argument("--workspace-gb", type=float, default=4.0, help="workspace memory limit (default 4)")
     parser.add_argument(
         "--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level"
@@ -69,24 +92,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Profile]
     parser.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT, help="--verify gate (0.995)")
     parser.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
     args = parser.parse_args(argv)
-    try:
-        chosen = Profile(
-            *(getattr(args, f"{lv}_{f}") for f in ("batch", "side") for lv in ("min", "opt", "max"))
-        )
-    except ValueError as error:
-        parser.error(str(error))
     if args.workspace_gb <= 0:
         parser.error("--workspace-gb must be positive")
-    return args, chosen
+    return args
+
+
+def choose_profile(args: argparse.Namespace, network: NetworkGeometry) -> Profile:
+    """The profile covering the serving geometry of ``args``, with any explicit ``--profile-*`` flag
+    applied on top; ValueError when the result is not a valid profile."""
+    geometry = ServingGeometry(network, args.max_side, args.bucket)
+    derived = geometry.engine_profile(args.max_batch_size)
+    given = {f: getattr(args, f) for f in PROFILE_FIELDS if getattr(args, f) is not None}
+    return replace(derived, **given)
 
 
 def verify(plan: Path, reference: Path, images: list[np.ndarray], profile: Profile) -> float:
     """Label agreement of the engine with ONNX Runtime on the images that fit the profile."""
-    import onnxruntime as ort
+    from common.onnxrt import create_session
+    from engine.runtime import TensorRTRunner
 
-    from export.trt import TensorRTRunner
-
-    session = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
+    session = create_session(reference)
     runner = TensorRTRunner(plan)
     equal = total = 0
     try:
@@ -95,7 +120,7 @@ def verify(plan: Path, reference: Path, images: list[np.ndarray], profile: Profi
                 log(f"  skipped a {image.shape[0]}x{image.shape[1]} image outside the profile")
                 continue
             batch = image[None]
-            expected = session.run(["labels"], {"image": batch})[0]
+            expected = session.run([LABELS_NAME], {INPUT_NAME: batch})[0]
             equal += int(np.sum(runner.run(batch) == expected))
             total += expected.size
     finally:
@@ -106,22 +131,29 @@ def verify(plan: Path, reference: Path, images: list[np.ndarray], profile: Profi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, profile = parse_args(argv)
+    args = parse_args(argv)
     start = time.perf_counter()
     if not args.onnx.is_file():
         print(f"build_engine: no ONNX file at {args.onnx}", file=sys.stderr)
         return 1
+    from engine.runtime import TensorRTUnavailable, environment
     from export import trt
 
     try:
-        local = trt.environment()
-    except trt.TensorRTUnavailable as error:
+        local = environment()
+    except TensorRTUnavailable as error:
         print(f"build_engine: cannot build a TensorRT engine: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    from export.onnx_meta import PROP_PRECISION, PROP_SHA256, read_metadata
+    from common.contract import PROP_PRECISION, PROP_SHA256
+    from common.onnxrt import read_metadata
     from export.precision import PrecisionError, check_fp16, layer_precisions
 
     metadata, props = read_metadata(args.onnx)
+    try:
+        profile = choose_profile(args, metadata.geometry)
+    except ValueError as error:
+        print(f"build_engine: invalid profile: {error}", file=sys.stderr)
+        return 1
     precision = props.get(PROP_PRECISION, "fp32")
     reference = args.reference or (args.onnx if precision == "fp32" else None)
     if args.verify and reference is None:

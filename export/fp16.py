@@ -21,13 +21,18 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+from common.contract import INPUT_NAME, LABELS_NAME, PROP_PRECISION
+from common.onnxrt import create_session
 from export.images import validation_images
-from export.onnx_meta import PROP_PRECISION
 
 FP16_OP_TYPES = frozenset(
     {
@@ -188,15 +193,9 @@ class Runner:
     """
 
     def __init__(self, model: onnx.ModelProto, *, fp16_tensors: bool = False) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if fp16_tensors:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            self._session: ort.InferenceSession | None = ort.InferenceSession(
-                model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+            self._session: ort.InferenceSession | None = create_session(
+                model, optimization="none" if fp16_tensors else "all"
             )
             self.engine = "onnxruntime CPU" + (
                 " (FP16 tensors between ops, FP32 arithmetic)" if fp16_tensors else ""
@@ -211,8 +210,8 @@ class Runner:
     def labels(self, images: np.ndarray) -> np.ndarray:
         """uint8 labels of a uint8 NHWC batch."""
         if self._session is not None:
-            return self._session.run(["labels"], {"image": images})[0]
-        return self._reference.run(["labels"], {"image": images})[0]
+            return self._session.run([LABELS_NAME], {INPUT_NAME: images})[0]
+        return self._reference.run([LABELS_NAME], {INPUT_NAME: images})[0]
 
 
 def label_agreement(

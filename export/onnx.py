@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +25,24 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from common.contract import (
+    INPUT_NAME,
+    LABELS_NAME,
+    PROP_METADATA,
+    PROP_PRECISION,
+    PROP_SHA256,
+    SCORES_NAME,
+)
 from common.digest import file_sha256
 from common.metadata import ModelMetadata
+from common.onnxrt import create_session
 from export.graph import DeployableFCN, deployable_graph
 from export.images import synthetic_batch
-from export.onnx_meta import PROP_METADATA, PROP_PRECISION, PROP_SHA256
 from export.passes import fold_pool_padding
 from training.model import FCNBase
 from training.weights import CheckpointError, load_checkpoint
 
 MIN_OPSET = 18
-INPUT_NAME = "image"
-LABELS_NAME = "labels"
-SCORES_NAME = "scores"
 TRACE_SHAPE = (2, 64, 96)
 """(N, H, W) of the example input the exporter traces with; deliberately not one of the check sizes."""
 CHECK_SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -104,7 +109,7 @@ def trace_to_onnx(graph: DeployableFCN, path: Path, opset: int = MIN_OPSET) -> N
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=outputs,
-            dynamic_shapes={"image": dims},
+            dynamic_shapes={INPUT_NAME: dims},
             opset_version=opset,
             verbose=False,
         )
@@ -154,14 +159,6 @@ def with_scores_output(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def ort_session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session over a model (in memory or on disk)."""
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def check_size(session: ort.InferenceSession, reference: DeployableFCN, images: np.ndarray) -> SizeCheck:
     """Run one batch through ONNX Runtime (labels + scores) and the PyTorch reference; compare."""
     shape = (images.shape[0], images.shape[1], images.shape[2])
@@ -191,7 +188,7 @@ def verify_onnx(
     """
     if not reference.scores:
         raise ValueError("the reference graph must return scores (deployable_graph(..., scores=True))")
-    session = ort_session(with_scores_output(model))
+    session = create_session(with_scores_output(model))
     checks = []
     for n, h, w in shapes:
         check = check_size(
@@ -225,6 +222,7 @@ def export_onnx(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
+    metadata = replace(metadata, geometry=model.geometry())
     graph = deployable_graph(model, metadata, scores=scores)
     classes = metadata.num_classes
     log(f"tracing {metadata.architecture} (width {metadata.width}, {classes} classes), opset {opset}")

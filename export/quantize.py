@@ -33,10 +33,9 @@ from onnxruntime.quantization import (
 )
 from PIL import Image
 
+from common.contract import INPUT_NAME, LABELS_NAME, PROP_PRECISION
 from export.images import synthetic_batch, voc_images
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "labels"
 QUANTIZED_OP_TYPES: tuple[str, ...] = ("Conv", "Relu", "MaxPool")
 """Op types quantised by default: convolutions, the ReLUs after them (folded into the conv output range) and
 the pools between them (int8 in, int8 out)."""
@@ -100,9 +99,9 @@ def check_interface(model: onnx.ModelProto) -> None:
     """Raise unless the model has the deployable graph's uint8 ``image`` input and ``labels`` output."""
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-    if inputs.get(INPUT_NAME) != onnx.TensorProto.UINT8 or outputs.get(OUTPUT_NAME) != onnx.TensorProto.UINT8:
+    if inputs.get(INPUT_NAME) != onnx.TensorProto.UINT8 or outputs.get(LABELS_NAME) != onnx.TensorProto.UINT8:
         raise QuantizationError(
-            f"expected the deployable graph (uint8 {INPUT_NAME!r} in, uint8 {OUTPUT_NAME!r} out); "
+            f"expected the deployable graph (uint8 {INPUT_NAME!r} in, uint8 {LABELS_NAME!r} out); "
             f"got inputs {sorted(inputs)} and outputs {sorted(outputs)}"
         )
 
@@ -181,7 +180,7 @@ def quantize_onnx(
         )
     quantized = onnx.load(str(out))
     check_interface(quantized)
-    props = {p.key: p.value for p in original.metadata_props} | {"precision": "int8"}
+    props = {p.key: p.value for p in original.metadata_props} | {PROP_PRECISION: "int8"}
     del quantized.metadata_props[:]
     for key, value in props.items():
         quantized.metadata_props.add(key=key, value=value)

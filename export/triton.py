@@ -19,7 +19,8 @@ from pathlib import Path
 
 import onnx
 
-from export.sidecar import SidecarError, read_sidecar, sidecar_path
+from common.geometry import DEFAULT_MAX_BATCH
+from engine.spec import SidecarError, read_sidecar, sidecar_path
 
 TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.UINT8: "TYPE_UINT8",
@@ -29,7 +30,6 @@ TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
 }
 DEFAULT_NAME = "fcn8s"
-DEFAULT_MAX_BATCH = 16
 DEFAULT_QUEUE_DELAY_US = 2000
 
 

@@ -1,42 +1,19 @@
-"""Everything that touches TensorRT and the CUDA runtime: environment, engine build, engine runner.
+"""Building TensorRT engines from the deployable ONNX graph (running them is :mod:`engine.runtime`'s job).
 
-The only module that imports ``tensorrt`` (and the CUDA runtime binding from ``cuda-python``). It
-imports without them: every entry point raises :class:`TensorRTUnavailable` naming what is missing.
-The API used is valid for TensorRT 10.12+ and 11.x: strongly typed networks (the flag is passed
-where it exists), named I/O tensors, ``execute_async_v3``; no builder precision flags.
+TensorRT comes from :mod:`engine.runtime`, the project's one ``tensorrt`` import; without it every entry
+point raises :class:`~engine.runtime.TensorRTUnavailable`. The API used is valid for TensorRT 10.12+ and
+11.x: strongly typed networks (the flag is passed where it exists); no builder precision flags.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from export.sidecar import Profile
-
-try:
-    import tensorrt as trt
-except ImportError:  # pragma: no cover - depends on the machine
-    trt = None  # type: ignore[assignment]
-
-try:
-    from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-except ImportError:  # pragma: no cover - depends on the machine
-    try:
-        from cuda import cudart  # older cuda-python
-    except ImportError:
-        cudart = None
-
-INPUT_NAME = "image"
-LABELS_NAME = "labels"
-
-
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT, the CUDA runtime binding or a CUDA GPU is missing (the message says which)."""
+from common.geometry import Profile
+from engine.runtime import logger, require_tensorrt, trt
 
 
 class EngineBuildError(RuntimeError):
@@ -44,19 +21,11 @@ class EngineBuildError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Environment:
-    """The local TensorRT version and GPU."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-
-
-@dataclass(frozen=True)
 class BuildOptions:
     """Builder settings (see ``python export/build_engine.py --help``)."""
 
-    profile: Profile = field(default_factory=Profile)
+    profile: Profile
+    """Derive it from the serving geometry: ``ServingGeometry.engine_profile``."""
     workspace_bytes: int = 4 << 30
     optimization_level: int = 3
     timing_cache: Path | None = None
@@ -72,48 +41,6 @@ class BuiltEngine:
     timing_cache_reused: bool
 
 
-def _require_tensorrt() -> None:
-    if trt is None or not hasattr(trt, "Builder"):  # the stubs package leaves an empty namespace package
-        raise TensorRTUnavailable("TensorRT is not installed (pip install tensorrt, from NVIDIA's index)")
-
-
-def _cudart() -> Any:
-    if cudart is None:
-        raise TensorRTUnavailable("the CUDA runtime binding is not installed (pip install cuda-python)")
-    return cudart
-
-
-def _dims(dims: trt.Dims) -> tuple[int, ...]:
-    return tuple(int(dims[i]) for i in range(len(dims)))
-
-
-def _check(result: Any) -> Any:
-    """Unpack a cuda-python ``(error, *values)`` tuple, raising on an error."""
-    error, *values = result if isinstance(result, tuple) else (result,)
-    if int(error) != 0:
-        name = getattr(error, "name", str(error))
-        raise RuntimeError(f"CUDA runtime error {name}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def environment(device: int = 0) -> Environment:
-    """TensorRT version, GPU name and compute capability; :class:`TensorRTUnavailable` if any is missing."""
-    _require_tensorrt()
-    runtime = _cudart()
-    error, count = runtime.cudaGetDeviceCount()
-    if int(error) != 0 or count == 0:
-        raise TensorRTUnavailable(f"no CUDA GPU found ({getattr(error, 'name', error)})")
-    properties = _check(runtime.cudaGetDeviceProperties(device))
-    name = properties.name
-    name = name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
-    return Environment(str(trt.__version__), name, f"{properties.major}.{properties.minor}")
-
-
-def _logger() -> Any:
-    _require_tensorrt()
-    return trt.Logger(trt.Logger.WARNING)
-
-
 def _parser_error(error: Any) -> str:
     where = ""
     node_name = getattr(error, "node_name", None)
@@ -125,15 +52,15 @@ def _parser_error(error: Any) -> str:
 
 def build_engine(onnx_path: Path, options: BuildOptions) -> BuiltEngine:
     """Parse an ONNX file into a strongly typed network and build a serialized engine."""
-    _require_tensorrt()
-    logger = _logger()
-    builder = trt.Builder(logger)
+    require_tensorrt()
+    log = logger()
+    builder = trt.Builder(log)
     flags = 0
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed is not None:  # TensorRT 10.x opt-in; 11.x networks are always strongly typed
         flags |= 1 << int(strongly_typed)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError(f"the ONNX parser rejected {onnx_path}:\n  " + "\n  ".join(errors))
@@ -158,117 +85,8 @@ def build_engine(onnx_path: Path, options: BuildOptions) -> BuiltEngine:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     plan = bytes(serialized)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    engine = trt.Runtime(log).deserialize_cuda_engine(plan)
     if engine is None:
         raise EngineBuildError("the freshly built engine does not deserialize")
     information = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     return BuiltEngine(plan, str(information), build_time, reused)
-
-
-class _DeviceBuffer:
-    """A device allocation that grows on demand."""
-
-    def __init__(self) -> None:
-        self.pointer = 0
-        self.size = 0
-
-    def ensure(self, nbytes: int) -> int:
-        if nbytes > self.size:
-            self.free()
-            self.pointer = int(_check(_cudart().cudaMalloc(nbytes)))
-            self.size = nbytes
-        return self.pointer
-
-    def free(self) -> None:
-        if self.pointer:
-            _check(_cudart().cudaFree(self.pointer))
-            self.pointer = self.size = 0
-
-
-class TensorRTRunner:
-    """Runs a plan: uint8 ``[N, H, W, 3]`` → uint8 labels ``[N, H, W]``; only the labels come back.
-
-    One execution context on one CUDA stream; calls are serialised with a lock (create one runner per
-    stream for concurrency).
-    """
-
-    def __init__(self, plan_path: Path, device: int = 0) -> None:
-        _require_tensorrt()
-        runtime = _cudart()
-        _check(runtime.cudaSetDevice(device))
-        self._engine = trt.Runtime(_logger()).deserialize_cuda_engine(Path(plan_path).read_bytes())
-        if self._engine is None:
-            raise RuntimeError(
-                f"TensorRT {trt.__version__} cannot deserialize {plan_path}: built with another "
-                "TensorRT version or for another GPU? Rebuild it with python export/build_engine.py"
-            )
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._outputs = [n for n in names if n not in inputs]
-        if inputs != [INPUT_NAME] or LABELS_NAME not in self._outputs:
-            raise RuntimeError(
-                f"{plan_path}: expected input '{INPUT_NAME}' and output '{LABELS_NAME}', got {names}"
-            )
-        self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
-        low, _, high = self._engine.get_tensor_profile_shape(INPUT_NAME, 0)
-        self.min_shape, self.max_shape = _dims(low), _dims(high)
-        self._context = self._engine.create_execution_context()
-        self._stream = _check(runtime.cudaStreamCreate())
-        self._buffers = {n: _DeviceBuffer() for n in names}
-        self._lock = threading.Lock()
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """Labels for a uint8 NHWC batch within the engine's optimisation profile."""
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(f"expected uint8 [N, H, W, 3], got {images.dtype} {list(images.shape)}")
-        shape = tuple(int(d) for d in images.shape)
-        if any(s < lo or s > hi for s, lo, hi in zip(shape, self.min_shape, self.max_shape, strict=True)):
-            raise ValueError(
-                f"input {list(shape)} is outside the engine profile {self.min_shape}..{self.max_shape}"
-            )
-        images = np.ascontiguousarray(images)
-        runtime = _cudart()
-        with self._lock:
-            if not self._context.set_input_shape(INPUT_NAME, shape):
-                raise ValueError(f"TensorRT rejected the input shape {list(shape)}")
-            pointer = self._buffers[INPUT_NAME].ensure(images.nbytes)
-            _check(
-                runtime.cudaMemcpyAsync(
-                    pointer, images.ctypes.data, images.nbytes, _host_to_device(), self._stream
-                )
-            )
-            self._context.set_tensor_address(INPUT_NAME, pointer)
-            labels = np.empty(0, dtype=np.uint8)
-            for name in self._outputs:
-                out_shape = _dims(self._context.get_tensor_shape(name))
-                nbytes = int(np.prod(out_shape)) * self._dtypes[name].itemsize
-                self._context.set_tensor_address(name, self._buffers[name].ensure(max(nbytes, 1)))
-                if name == LABELS_NAME:
-                    labels = np.empty(out_shape, dtype=self._dtypes[name])
-            if not self._context.execute_async_v3(self._stream):
-                raise RuntimeError("TensorRT execute_async_v3 failed")
-            source = self._buffers[LABELS_NAME].pointer
-            _check(
-                runtime.cudaMemcpyAsync(
-                    labels.ctypes.data, source, labels.nbytes, _device_to_host(), self._stream
-                )
-            )
-            _check(runtime.cudaStreamSynchronize(self._stream))
-        return labels.astype(np.uint8, copy=False)
-
-    def close(self) -> None:
-        """Free device buffers and the stream."""
-        with self._lock:
-            for buffer in self._buffers.values():
-                buffer.free()
-            if self._stream is not None:
-                _check(_cudart().cudaStreamDestroy(self._stream))
-                self._stream = None
-
-
-def _host_to_device() -> Any:
-    return _cudart().cudaMemcpyKind.cudaMemcpyHostToDevice
-
-
-def _device_to_host() -> Any:
-    return _cudart().cudaMemcpyKind.cudaMemcpyDeviceToHost

@@ -18,9 +18,10 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from server.app import BackendLoader, Service, create_app
+from server.app import create_app
 from server.backends.base import Backend, BackendError
 from server.backends.select import load_backend
+from server.lifecycle import BackendLoader, Service
 from server.logs import configure_logging
 from server.protocol import head_timeout_protocol
 from server.settings import Settings

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from server.app import neutral_colour
+from common.geometry import DEFAULT_MAX_SIDE, NetworkGeometry, ServingGeometry
 from server.backends.base import Backend
 from server.backends.ort import OnnxRuntimeBackend
-from server.batcher import bucket_shape, pad_to
-from server.imaging import decode_image, inference_size, resize_rgb
+from server.imaging import decode_image, resize_rgb
 
 
 def variants(photo: np.ndarray, max_side: int, long_sides: Sequence[int]) -> list[np.ndarray]:
     """The photo at its own size (capped) and rescaled to each long side."""
-    out = [resize_rgb(photo, inference_size(*photo.shape[:2], max_side))]
+    out = [resize_rgb(photo, ServingGeometry(NetworkGeometry(), max_side).inference_size(*photo.shape[:2]))]
     height, width = photo.shape[:2]
     for side in long_sides:
         scale = min(side, max_side) / max(height, width)
@@ -51,14 +50,17 @@ def measure(
     backend: Backend, images: Sequence[np.ndarray], granularities: Sequence[int], max_side: int
 ) -> dict[int, Agreement]:
     """For each granularity: labels of the padded-and-cropped forward vs the forward at the image's size."""
-    fill = neutral_colour(backend.metadata.normalization)
+    meta = backend.metadata
+    fill = meta.normalization.neutral_rgb()
+    geometries = {g: ServingGeometry(meta.geometry, max_side, g) for g in granularities}
     results = {g: Agreement() for g in granularities}
     for index, image in enumerate(images, start=1):
         height, width = image.shape[:2]
         reference = backend.run(image[None])[0]
         for granularity, result in results.items():
-            shape = bucket_shape(height, width, granularity, max_side)
-            labels = backend.run(pad_to(image, shape, fill)[None])[0, :height, :width]
+            padded = geometries[granularity].pad(image, fill)
+            labels = ServingGeometry.crop(backend.run(padded[None])[0], (height, width))
+            shape = padded.shape[:2]
             equal = int((labels == reference).sum())
             result.equal += equal
             result.pixels += height * width
@@ -75,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("photos", nargs="+", type=Path, help="image files")
     parser.add_argument("--model", type=Path, required=True, help="deployable ONNX model")
     parser.add_argument("--buckets", type=int, nargs="+", default=[16, 32, 64], help="granularities to test")
-    parser.add_argument("--max-side", type=int, default=512)
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
     parser.add_argument("--long-sides", type=int, nargs="*", default=[300, 375, 450, 500])
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     args = parser.parse_args(argv)

@@ -1,14 +1,9 @@
-"""An asyncio dynamic batcher over shape buckets. It knows nothing of HTTP.
+"""An asyncio dynamic batcher over shape buckets. It knows nothing of HTTP or of image geometry.
 
-Each image is padded (bottom and right, one fixed colour) to its bucket, which depends only on its own
-size, so an image's labels never depend on its batch-mates; only images of one bucket share a batch.
-One worker thread runs the backend, so the event loop (and health checks) stays free.
-
-Bucket sides are the sizes ``s`` with ``(s + CONV1_GROWTH) % granularity == 0`` (plus ``max_side``):
-FCN's first convolution pads by 100 pixels, so its output is ``s + 198`` pixels, and at these sizes
-every pooling stage of the padded image ends on a whole window. Padding to such sides keeps the labels
-far closer to an unpadded forward than padding to multiples of ``granularity`` (measured in
-the README's "Inference server" section: 99.890 % vs 99.590 % of pixels at granularity 32 on photographs).
+Callers submit images already padded to their bucket (``common.geometry``), so an image's labels never
+depend on its batch-mates; only images of one shape share a batch, and each result is the label map of
+the whole padded image. One worker thread runs the backend, so the event loop (and health checks) stays
+free.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,36 +24,6 @@ import numpy as np
 from server.metrics import Metrics
 
 Shape = tuple[int, int]
-CONV1_GROWTH = 198
-"""How much FCN's conv1_1 (3x3, padding 100) grows each side: 2 * 100 - 2."""
-
-
-def bucket_side(size: int, granularity: int, max_side: int) -> int:
-    """The smallest bucket side >= ``size``: ``(side + 198) % granularity == 0``, else ``max_side``."""
-    side = size + (-(size + CONV1_GROWTH)) % granularity
-    return side if side <= max_side else max(size, max_side)
-
-
-def bucket_shape(height: int, width: int, granularity: int, max_side: int) -> Shape:
-    """The padded (h, w) of an image of (``height``, ``width``) (each at most ``max_side``)."""
-    return bucket_side(height, granularity, max_side), bucket_side(width, granularity, max_side)
-
-
-def all_buckets(granularity: int, max_side: int) -> list[Shape]:
-    """Every bucket shape an image resized to ``max_side`` can land in."""
-    sides = sorted({bucket_side(n, granularity, max_side) for n in range(1, max_side + 1)})
-    return [(h, w) for h in sides for w in sides]
-
-
-def pad_to(image: np.ndarray, shape: Shape, fill: Sequence[int]) -> np.ndarray:
-    """``image`` [h, w, 3] placed top-left in a [H, W, 3] array of colour ``fill``."""
-    height, width = image.shape[:2]
-    if (height, width) == shape:
-        return image
-    out = np.empty((*shape, 3), dtype=np.uint8)
-    out[...] = np.asarray(fill, dtype=np.uint8)
-    out[:height, :width] = image
-    return out
 
 
 class InferenceThread:
@@ -110,7 +75,7 @@ class ShuttingDownError(Exception):
 
 @dataclass(frozen=True)
 class BatchResult:
-    """One image's labels and how it was computed."""
+    """One image's labels (its whole padded bucket) and how they were computed."""
 
     labels: np.ndarray
     batch_size: int
@@ -120,10 +85,9 @@ class BatchResult:
 
 @dataclass(eq=False)
 class Job:
-    """One queued image: padded pixels, its valid size, deadline and the future its handler awaits."""
+    """One queued image: padded pixels, deadline and the future its handler awaits."""
 
     image: np.ndarray
-    size: Shape
     deadline: float
     enqueued: float
     future: asyncio.Future[BatchResult]
@@ -184,12 +148,12 @@ class Batcher:
         """Run the backend on the inference thread outside the queue (warm-up)."""
         return await asyncio.wrap_future(self._thread.submit(self._run, images))
 
-    def submit(self, image: np.ndarray, size: Shape, deadline: float) -> Job:
+    def submit(self, image: np.ndarray, deadline: float) -> Job:
         """Queue a padded image; raises QueueFullError when ``queue_size`` images wait already."""
         if len(self._pending) >= self.queue_size:
             raise QueueFullError()
         loop = asyncio.get_running_loop()
-        job = Job(image, size, deadline, loop.time(), loop.create_future())
+        job = Job(image, deadline, loop.time(), loop.create_future())
         self._pending.append(job)
         self._metrics.queue_depth.set(len(self._pending))
         self._wakeup.set()
@@ -289,6 +253,5 @@ class Batcher:
         for index, job in enumerate(batch):
             if job.future.done():
                 continue
-            height, width = job.size
-            result = BatchResult(labels[index, :height, :width], len(batch), now - job.enqueued, seconds)
+            result = BatchResult(labels[index], len(batch), now - job.enqueued, seconds)
             job.future.set_result(result)

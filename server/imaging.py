@@ -1,10 +1,14 @@
-"""Bytes -> RGB array (limits, header-only size check, EXIF, mode conversion, resize) and labels -> PNG."""
+"""Bytes -> RGB array (header-only size check, EXIF, mode conversion, resize) and labels -> PNG.
+
+Failures raise :class:`ImageError` subclasses that say what was wrong and what is accepted; only the
+HTTP layer (``server/errors.py``) turns them into status codes.
+"""
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,45 +23,44 @@ ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 Image.MAX_IMAGE_PIXELS = None
 
 
-class InputError(Exception):
-    """A request the client must fix; ``status`` is the HTTP status to answer with."""
+class ImageError(Exception):
+    """An upload that cannot be segmented; ``detail`` is one line for the client."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, detail: str) -> None:
         super().__init__(detail)
-        self.status = status
         self.detail = detail
 
 
-async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    """Collect a streamed body, failing with 413 as soon as it exceeds ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise InputError(413, f"request body exceeds the limit of {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
+class UndecodableImage(ImageError):
+    """Empty, truncated or corrupt data, or an image of an invalid size."""
+
+
+class UnsupportedImageFormat(ImageError):
+    """A readable image in a format this service does not accept."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than the configured limit (read from the header, before decoding)."""
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and refuse unknown formats and oversized images before decoding."""
     if not data:
-        raise InputError(400, f"empty image: send a {ACCEPTED_TEXT} file")
+        raise UndecodableImage(f"empty image: send a {ACCEPTED_TEXT} file")
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise InputError(400, f"cannot decode the image: not a readable {ACCEPTED_TEXT} file") from None
+        raise UndecodableImage(f"cannot decode the image: not a readable {ACCEPTED_TEXT} file") from None
     except Exception as exc:  # PIL raises many types on corrupt headers
-        raise InputError(400, f"cannot decode the image header ({type(exc).__name__})") from None
+        raise UndecodableImage(f"cannot decode the image header ({type(exc).__name__})") from None
     if image.format not in ACCEPTED_FORMATS:
-        raise InputError(415, f"unsupported image format {image.format}; accepted: {ACCEPTED_TEXT}")
+        raise UnsupportedImageFormat(f"unsupported image format {image.format}; accepted: {ACCEPTED_TEXT}")
     width, height = image.size
     if width < 1 or height < 1:
-        raise InputError(400, f"image has an invalid size {width}x{height}")
+        raise UndecodableImage(f"image has an invalid size {width}x{height}")
     if width * height > max_pixels:
-        raise InputError(
-            413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
         )
     return image
 
@@ -109,12 +112,12 @@ def _decode(image: Image.Image, draft: tuple[int, int] | None) -> np.ndarray:
         image = ImageOps.exif_transpose(image) or image
         rgb = _to_rgb(image)
         array = np.asarray(rgb, dtype=np.uint8)
-    except InputError:
+    except ImageError:
         raise
     except Exception as exc:  # truncated data, broken chunks, bad EXIF...
-        raise InputError(400, f"cannot decode the image: {_short(exc)}") from None
+        raise UndecodableImage(f"cannot decode the image: {_short(exc)}") from None
     if array.ndim != 3 or array.shape[2] != 3:
-        raise InputError(400, f"decoded image has an unexpected shape {array.shape}")
+        raise UndecodableImage(f"decoded image has an unexpected shape {array.shape}")
     return array
 
 
@@ -122,15 +125,6 @@ def _short(exc: Exception) -> str:
     """A one-line description of a decoder error without paths or internals."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
-
-
-def inference_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """(h, w) with the long side at most ``max_side``, aspect kept, each side at least 1."""
-    long_side = max(height, width)
-    if long_side <= max_side:
-        return height, width
-    scale = max_side / long_side
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize_rgb(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

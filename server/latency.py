@@ -17,10 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from server.app import neutral_colour
+from common.geometry import DEFAULT_GRANULARITY, DEFAULT_MAX_SIDE, ServingGeometry
 from server.backends.ort import OnnxRuntimeBackend
-from server.batcher import bucket_shape, pad_to
-from server.imaging import decode_image, inference_size, resize_rgb
+from server.imaging import decode_image, resize_rgb
 
 
 def _percentiles(samples: list[float]) -> str:
@@ -38,8 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", type=Path, help="ONNX model for the raw forward (omit to skip it)")
     parser.add_argument("-n", type=int, default=100, help="requests and forwards to time")
-    parser.add_argument("--max-side", type=int, default=512, help="the server's max_side")
-    parser.add_argument("--bucket", type=int, default=64, help="the server's bucket granularity")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="the server's max_side")
+    parser.add_argument(
+        "--bucket", type=int, default=DEFAULT_GRANULARITY, help="the server's bucket granularity"
+    )
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads of the forward")
     parser.add_argument("--format", choices=["png", "json"], default="png")
     args = parser.parse_args(argv)
@@ -64,9 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model:
         backend = OnnxRuntimeBackend(args.model, use_cuda=False, intra_op_threads=args.threads)
         rgb = decode_image(body, 10**9)
-        image = resize_rgb(rgb, inference_size(*rgb.shape[:2], args.max_side))
-        bucket = bucket_shape(*image.shape[:2], args.bucket, args.max_side)
-        padded = pad_to(image, bucket, neutral_colour(backend.metadata.normalization))
+        meta = backend.metadata
+        geometry = ServingGeometry(meta.geometry, args.max_side, args.bucket)
+        image = resize_rgb(rgb, geometry.inference_size(*rgb.shape[:2]))
+        padded = geometry.pad(image, meta.normalization.neutral_rgb())
         for name, batch in (("own size", image[None]), ("bucket", padded[None])):
             for _ in range(3):
                 backend.run(batch)

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from common.geometry import DEFAULT_GRANULARITY, DEFAULT_MAX_BATCH, DEFAULT_MAX_SIDE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "demo" / "fcn8s-demo.onnx"
 
@@ -25,7 +27,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
 
-    max_batch_size: int = Field(8, ge=1, le=256, description="most images in one forward pass")
+    max_batch_size: int = Field(
+        DEFAULT_MAX_BATCH, ge=1, le=256, description="most images in one forward pass"
+    )
     max_delay_ms: float = Field(
         2.0, ge=0, description="longest the oldest queued image waits for batch-mates"
     )
@@ -35,8 +39,14 @@ class Settings(BaseSettings):
     deadline_ms: float = Field(30000.0, gt=0, description="per-request deadline from arrival (504 after)")
     stall_timeout_s: float = Field(60.0, gt=0, description="a batch running longer makes /health/ready 503")
 
-    max_side: int = Field(512, ge=32, le=8192, description="inference runs with the long side at most this")
-    bucket: int = Field(32, ge=1, description="bucket granularity: sides s with (s + 198) % bucket == 0")
+    max_side: int = Field(
+        DEFAULT_MAX_SIDE, ge=32, le=8192, description="inference runs with the long side at most this"
+    )
+    bucket: int = Field(
+        DEFAULT_GRANULARITY,
+        ge=1,
+        description="bucket granularity: padded sides s with (s + the model's input growth) % bucket == 0",
+    )
     warmup: bool = Field(True, description="run every bucket shape once before reporting ready")
 
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="request body limit (413 beyond)")
@@ -85,3 +95,20 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["api_key"] = "***" if self.api_key else None
         return data
+
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "model and backend": ("model", "backend"),
+    "network": ("host", "port"),
+    "batching and queue": (
+        "max_batch_size", "max_delay_ms", "queue_size", "queue_full_status", "retry_after_s", "deadline_ms",
+        "stall_timeout_s",
+    ),
+    "image sizes and warm-up": ("max_side", "bucket", "warmup"),
+    "request limits": ("max_body_bytes", "max_pixels", "max_form_parts", "max_header_bytes"),
+    "threads": ("codec_threads", "ort_intra_op_threads", "ort_inter_op_threads"),
+    "access": ("api_key", "metrics_need_key", "cors_origins"),
+    "shutdown and logs": ("drain_timeout_s", "log_level", "log_format"),
+}  # fmt: skip
+"""The settings by topic, in the order the generated configuration docs list them (a test checks every
+field is in exactly one group)."""

@@ -1,67 +1,125 @@
-"""The image bytes of a /segment request: raw ``image/*`` body or multipart field ``image``, size-limited."""
+"""The image bytes of a request: raw ``image/*`` body or multipart field ``image``, with every body limit.
+
+The limits live here and only here: the declared ``Content-Length``, the bytes actually streamed
+(chunked bodies included), the number of multipart parts and the time the body may take. Failures raise
+:class:`UploadError` subclasses; the HTTP layer maps them to status codes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
-
-from server.imaging import InputError, read_limited
+from starlette.requests import ClientDisconnect, Request
 
 FIELD = "image"
 HOW = f"send multipart/form-data with one file field '{FIELD}', or the raw image with an image/* content type"
+MAX_PART_HEADER_BYTES = 64 * 1024
+"""Largest non-file multipart part (starlette's ``max_part_size``)."""
 
 
-async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    """Pass chunks through, failing with 413 the moment more than ``limit`` bytes arrived."""
+class UploadError(Exception):
+    """A request body this service will not read; ``detail`` is one line for the client."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BodyTooLarge(UploadError):
+    """More bytes than the body limit, declared or streamed."""
+
+
+class UnsupportedMediaType(UploadError):
+    """Neither ``image/*`` nor ``multipart/form-data``."""
+
+
+class MalformedBody(UploadError):
+    """An empty body or a multipart body that does not parse."""
+
+
+class BadFormFields(UploadError):
+    """A multipart body without exactly one file in the ``image`` field."""
+
+
+class BodyTimeout(UploadError):
+    """The body did not arrive within the request's deadline."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection during the upload."""
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """How much of a body this service reads."""
+
+    max_bytes: int
+    max_parts: int
+    timeout_s: float
+
+
+async def limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """Pass chunks through, failing with :class:`BodyTooLarge` the moment more than ``limit`` arrived."""
     size = 0
     async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise InputError(413, f"request body exceeds the limit of {limit} bytes")
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
         yield chunk
 
 
-async def read_image_bytes(request: Request, max_body_bytes: int, max_parts: int) -> bytes:
-    """The uploaded file's bytes; InputError (413/415/400/422) for anything else."""
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """Collect a streamed body of at most ``limit`` bytes."""
+    return b"".join([chunk async for chunk in limited(chunks, limit)])
+
+
+async def read_image_bytes(request: Request, limits: BodyLimits) -> bytes:
+    """The uploaded file's bytes, read within ``limits``."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_body_bytes:
-        raise InputError(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes")
+    if length is not None and length.isdigit() and int(length) > limits.max_bytes:
+        raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limits.max_bytes} bytes")
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type.startswith("image/"):
-        data = await read_limited(request.stream(), max_body_bytes)
-    elif media_type == "multipart/form-data":
-        data = await _read_multipart(request, max_body_bytes, max_parts)
-    else:
-        shown = media_type or "none"
-        raise InputError(415, f"unsupported content type '{shown}': {HOW}")
+    if not (media_type.startswith("image/") or media_type == "multipart/form-data"):
+        raise UnsupportedMediaType(f"unsupported content type '{media_type or 'none'}': {HOW}")
+    try:
+        async with asyncio.timeout(limits.timeout_s):
+            if media_type == "multipart/form-data":
+                data = await _read_multipart(request, limits)
+            else:
+                data = await read_limited(request.stream(), limits.max_bytes)
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {limits.timeout_s * 1000:g} ms") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
     if not data:
-        raise InputError(400, f"the image is empty: {HOW}")
+        raise MalformedBody(f"the image is empty: {HOW}")
     return data
 
 
-async def _read_multipart(request: Request, max_body_bytes: int, max_parts: int) -> bytes:
+async def _read_multipart(request: Request, limits: BodyLimits) -> bytes:
     parser = MultiPartParser(
         request.headers,
-        _limited(request.stream(), max_body_bytes),
-        max_files=max_parts,
-        max_fields=max_parts,
-        max_part_size=64 * 1024,
+        limited(request.stream(), limits.max_bytes),
+        max_files=limits.max_parts,
+        max_fields=limits.max_parts,
+        max_part_size=MAX_PART_HEADER_BYTES,
     )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise InputError(400, f"invalid multipart body ({exc.message}): {HOW}") from None
+        raise MalformedBody(f"invalid multipart body ({exc.message}): {HOW}") from None
     try:
         files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
         images = [value for name, value in files if name == FIELD]
         if len(files) != 1 or len(images) != 1:
             names = [name for name, _ in files]
-            raise InputError(
-                422, f"multipart body must hold exactly one file, in field '{FIELD}'; found {names}"
+            raise BadFormFields(
+                f"multipart body must hold exactly one file, in field '{FIELD}'; found {names}"
             )
         return await images[0].read()
     finally:

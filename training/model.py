@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from common.geometry import NetworkGeometry
 from common.metadata import ARCHITECTURES, Architecture
 
 VGG_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -80,6 +81,16 @@ class FCNBase(nn.Module):
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 assert module.bias is not None
                 nn.init.zeros_(module.bias)
+
+    def geometry(self) -> NetworkGeometry:
+        """The input-size facts of this net, read off its layers (written into the exported metadata)."""
+        conv1 = self.conv1_1
+        assert isinstance(conv1, nn.Conv2d)
+        padding, kernel = int(conv1.padding[0]), int(conv1.kernel_size[0])  # type: ignore[index]
+        stride = int(self.pool.stride if isinstance(self.pool.stride, int) else self.pool.stride[0])
+        return NetworkGeometry(
+            input_growth=2 * padding - (kernel - 1), output_stride=stride ** len(VGG_STAGES), min_input_side=1
+        )
 
     def trunk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``(pool3, pool4, score_fr)`` for a normalised NCHW float input."""

@@ -15,11 +15,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from common.classes import VOC_CLASSES, voc_palette
+from common.contract import PROP_METADATA
 from common.metadata import ModelMetadata, Normalization
 from training.model import MODELS, VGG_STAGES, FCNBase, build_model
-
-METADATA_KEY = "fcn_metadata"
-"""Key of the ModelMetadata JSON in the safetensors header."""
 
 StateDict = Mapping[str, Tensor]
 
@@ -86,18 +84,18 @@ def save_checkpoint(path: Path, model: FCNBase, metadata: ModelMetadata) -> None
         key: value.detach().to("cpu", torch.float32).contiguous()
         for key, value in _model_state(model).items()
     }
-    save_file(tensors, str(path), metadata={METADATA_KEY: metadata.to_json()})
+    save_file(tensors, str(path), metadata={PROP_METADATA: metadata.to_json()})
 
 
 def read_metadata(path: Path) -> ModelMetadata:
     """The ModelMetadata stored in one of this project's ``.safetensors`` checkpoints (weights not read)."""
     with safe_open(str(path), framework="pt") as handle:
         header = handle.metadata() or {}
-    if METADATA_KEY not in header:
+    if PROP_METADATA not in header:
         raise CheckpointError(
-            f"{path}: no {METADATA_KEY!r} entry in the safetensors header; not an FCN checkpoint"
+            f"{path}: no {PROP_METADATA!r} entry in the safetensors header; not an FCN checkpoint"
         )
-    return ModelMetadata.from_json(header[METADATA_KEY])
+    return ModelMetadata.from_json(header[PROP_METADATA])
 
 
 def _read_own(path: Path) -> tuple[dict[str, Tensor], ModelMetadata]:

@@ -27,7 +27,9 @@ class Environment:
     def probe(cls) -> Environment:
         """Look for an NVIDIA GPU (driver nodes), the TensorRT module and onnxruntime-gpu's CUDA provider."""
         gpu = Path("/dev/nvidia0").exists() or any(Path("/proc/driver/nvidia/gpus").glob("*"))
-        tensorrt = importlib.util.find_spec("tensorrt") is not None
+        from engine.runtime import tensorrt_available
+
+        tensorrt = tensorrt_available()
         ort_cuda = False
         if importlib.util.find_spec("onnxruntime") is not None:
             import onnxruntime as ort
@@ -96,7 +98,7 @@ def load_backend(settings: Settings, env: Environment | None = None) -> Backend:
                 choice.path,
                 max_batch_size=settings.max_batch_size,
                 max_side=settings.max_side,
-                min_side=min(settings.bucket, settings.max_side),
+                granularity=settings.bucket,
             )
         except BackendError as exc:
             onnx = choice.path.with_suffix(".onnx")

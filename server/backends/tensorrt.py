@@ -1,7 +1,7 @@
-"""TensorRT backend: a thin wrapper over ``export.trt.TensorRTRunner`` after the engine sidecar check.
+"""TensorRT backend: a thin wrapper over ``engine.runtime.TensorRTRunner`` after the engine sidecar check.
 
-``export.trt`` is the only module that imports ``tensorrt``; it is imported here lazily, so the server
-runs without TensorRT installed.
+``engine.runtime`` is the only module that imports ``tensorrt``; it is imported here lazily, so the
+server runs without TensorRT installed.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.geometry import ServingGeometry
 from server.backends.base import BackendError
 
 
@@ -19,28 +20,27 @@ class TensorRTBackend:
     name = "tensorrt"
     provider = "TensorRT"
 
-    def __init__(self, path: Path, *, max_batch_size: int, max_side: int, min_side: int) -> None:
+    def __init__(self, path: Path, *, max_batch_size: int, max_side: int, granularity: int) -> None:
         if not path.is_file():
             raise BackendError(f"engine file not found: {path}")
-        from export import sidecar
+        from engine.runtime import TensorRTRunner, compatibility_problems
+        from engine.spec import SidecarError, read_sidecar
 
         try:
-            info = sidecar.read_sidecar(path)
-        except sidecar.SidecarError as exc:
+            info = read_sidecar(path)
+        except SidecarError as exc:
             raise BackendError(str(exc)) from None
-        problems = sidecar.compatibility_problems(info)
-        profile = info.profile
-        if not profile.covers(max_batch_size, max_side, max_side) or not profile.covers(
-            1, min_side, min_side
-        ):
+        problems = compatibility_problems(info)
+        geometry = ServingGeometry(info.metadata.geometry, max_side, granularity)
+        needed, profile = geometry.engine_profile(max_batch_size), info.profile
+        if not profile.includes(needed):
             problems.append(
                 f"its profile (batch {profile.batches}, sides {profile.sides}) does not cover batch "
-                f"1..{max_batch_size} and sides {min_side}..{max_side}; lower max_batch_size / max_side "
-                "or rebuild the engine"
+                f"1..{max_batch_size} and the bucket sides {needed.min_side}..{needed.max_side}; lower "
+                "max_batch_size / max_side or rebuild the engine for these settings"
             )
         if problems:
             raise BackendError(f"engine {path.name} cannot run here: " + "; ".join(problems))
-        from export.trt import TensorRTRunner
 
         self.metadata = info.metadata
         self.precision = info.precision

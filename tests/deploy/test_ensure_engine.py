@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from common.digest import file_sha256
+from common.geometry import NetworkGeometry, ServingGeometry
 from common.metadata import ModelMetadata
-from export.sidecar import Profile, Sidecar, write_sidecar
+from engine.spec import Sidecar, write_sidecar
 
 from .helpers import REPO_ROOT
 
@@ -41,7 +42,7 @@ class FakeBuild:
                 tensorrt_version="10.13.3.9",
                 gpu_name="NVIDIA H100 80GB HBM3",
                 compute_capability="9.0",
-                profile=Profile(),
+                profile=ServingGeometry(NetworkGeometry()).engine_profile(),
                 precision="fp32",
                 onnx_sha256=file_sha256(onnx),
                 build_time_s=1.0,

@@ -11,9 +11,10 @@ import onnx
 import pytest
 
 from common.digest import file_sha256
+from common.onnxrt import create_session
 from export.graph import deployable_graph
 from export.images import synthetic_batch
-from export.onnx import ort_session, read_properties, trace_to_onnx
+from export.onnx import read_properties, trace_to_onnx
 from training.weights import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ def test_shipped_onnx_matches_a_fresh_export(tmp_path: Path) -> None:
     model, metadata = load_checkpoint(CHECKPOINT)
     fresh = tmp_path / "fresh.onnx"
     trace_to_onnx(deployable_graph(model, metadata), fresh)
-    shipped_session, fresh_session = ort_session(SHIPPED), ort_session(fresh)
+    shipped_session, fresh_session = create_session(SHIPPED), create_session(fresh)
     for n, h, w in [(1, 96, 128), (2, 75, 61)]:
         images = synthetic_batch(n, h, w, seed=11)
         (expected,) = shipped_session.run(None, {"image": images})
@@ -42,7 +43,8 @@ def test_shipped_onnx_matches_a_fresh_export(tmp_path: Path) -> None:
 
 def test_server_side_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, export, export.sidecar, export.trt, export.onnx_meta, export.triton, export.precision; "
+        "import sys, common.onnxrt, engine.spec, engine.runtime, export.trt, export.triton, "
+        "export.precision, server.app; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     result = subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -14,23 +15,26 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from common.geometry import NetworkGeometry, Profile, ServingGeometry
 from common.metadata import ModelMetadata, Normalization
-from export import build_engine, trt
-from export.precision import PrecisionError, check_fp16, layer_precisions
-from export.sidecar import (
+from engine import runtime as rt
+from engine.runtime import compatibility_problems
+from engine.spec import (
     EngineMismatch,
-    Profile,
     Sidecar,
     SidecarError,
     check_compatible,
-    compatibility_problems,
     mismatches,
     read_sidecar,
     sidecar_path,
     write_sidecar,
 )
+from export import build_engine, trt
+from export.precision import PrecisionError, check_fp16, layer_precisions
+from tests.trtfake import FakeDevice, fake_plan, fake_tensorrt
 
 REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PROFILE = ServingGeometry(NetworkGeometry()).engine_profile()
 STUBS = (
     Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 )
@@ -39,7 +43,7 @@ STUBS = (
 def sidecar(**changes) -> Sidecar:
     fields = dict(
         tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-        profile=Profile(), precision="fp16", onnx_sha256="ab" * 32, build_time_s=41.5,
+        profile=DEFAULT_PROFILE, precision="fp16", onnx_sha256="ab" * 32, build_time_s=41.5,
         metadata=ModelMetadata(width=0.25, normalization=Normalization.caffe()), source_sha256="cd" * 32,
     )  # fmt: skip
     fields.update(changes)
@@ -54,7 +58,7 @@ def test_sidecar_round_trip(tmp_path: Path) -> None:
     for key in ("tensorrt_version", "gpu_name", "compute_capability", "profile", "precision", "onnx_sha256"):
         assert key in data
     assert data["profile"] == dict(
-        min_batch=1, opt_batch=8, max_batch=16, min_side=32, opt_side=500, max_side=512
+        min_batch=1, opt_batch=4, max_batch=8, min_side=26, opt_side=506, max_side=512
     )
     assert read_sidecar(plan) == sidecar()
 
@@ -85,7 +89,7 @@ def test_compatibility_checks() -> None:
 
 
 def test_compatibility_problems_without_tensorrt_names_what_is_missing(monkeypatch) -> None:
-    monkeypatch.setattr(trt, "trt", None)
+    monkeypatch.setattr(rt, "trt", None)
     (problem,) = compatibility_problems(sidecar())
     assert "TensorRT is not installed" in problem
 
@@ -96,7 +100,7 @@ def test_compatibility_problems_without_tensorrt_names_what_is_missing(monkeypat
 )
 def test_profile_validation(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
-        Profile(**kwargs)
+        dataclasses.replace(DEFAULT_PROFILE, **kwargs)
 
 
 def test_profile_shapes_and_cover() -> None:
@@ -106,20 +110,42 @@ def test_profile_shapes_and_cover() -> None:
 
 
 def test_profile_flags() -> None:
-    args, profile = build_engine.parse_args(["--onnx", "m.onnx", "--out", "m.plan"])
-    assert profile == Profile(1, 8, 16, 32, 500, 512) and args.workspace_gb == 4.0 and args.opt_level == 3
-    _, profile = build_engine.parse_args(
-        ["--onnx", "m.onnx", "--out", "m.plan", "--max-batch", "32", "--opt-side", "384", "--min-side", "64"]
+    network = NetworkGeometry()
+    args = build_engine.parse_args(["--onnx", "m.onnx", "--out", "m.plan"])
+    assert build_engine.choose_profile(args, network) == DEFAULT_PROFILE
+    assert args.workspace_gb == 4.0 and args.opt_level == 3
+    args = build_engine.parse_args(
+        [
+            "--onnx",
+            "m.onnx",
+            "--out",
+            "m.plan",
+            "--profile-max-batch",
+            "32",
+            "--profile-opt-side",
+            "384",
+            "--profile-min-side",
+            "20",
+        ]
     )
-    assert profile == Profile(1, 8, 32, 64, 384, 512)
-    for bad in (["--opt-batch", "20"], ["--max-side", "16"], ["--opt-level", "6"], ["--workspace-gb", "0"]):
+    assert build_engine.choose_profile(args, network) == Profile(1, 4, 32, 20, 384, 512)
+    args = build_engine.parse_args(
+        ["--onnx", "m.onnx", "--out", "m.plan", "--max-side", "256", "--bucket", "64"]
+    )
+    assert build_engine.choose_profile(args, network) == Profile(1, 4, 8, 58, 256, 256)
+    for bad in (["--opt-batch", "20"], ["--max-side-override", "16"]):
+        with pytest.raises((SystemExit, ValueError)):
+            build_engine.choose_profile(
+                build_engine.parse_args(["--onnx", "m", "--out", "m.plan", *bad]), network
+            )
+    for bad in (["--opt-level", "6"], ["--workspace-gb", "0"]):
         with pytest.raises(SystemExit):
             build_engine.parse_args(["--onnx", "m.onnx", "--out", "m.plan", *bad])
 
 
 @pytest.mark.parametrize("how", [["export/build_engine.py"], ["-m", "export.build_engine"]])
 def test_cli_without_tensorrt_prints_one_line(how: list[str], exported, tmp_path: Path) -> None:
-    if trt.trt is not None and hasattr(trt.trt, "Builder"):
+    if rt.tensorrt_available():
         pytest.skip("TensorRT is installed here")
     command = [sys.executable, *how, "--onnx", str(exported.onnx), "--out", str(tmp_path / "m.plan")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -133,24 +159,24 @@ def test_cli_without_tensorrt_prints_one_line(how: list[str], exported, tmp_path
 
 
 def test_environment_names_each_missing_piece(monkeypatch) -> None:
-    monkeypatch.setattr(trt, "trt", None)
-    with pytest.raises(trt.TensorRTUnavailable, match="TensorRT is not installed"):
-        trt.environment()
-    with pytest.raises(trt.TensorRTUnavailable, match="TensorRT is not installed"):
-        trt.TensorRTRunner(Path("x.plan"))
-    monkeypatch.setattr(trt, "trt", SimpleNamespace(Builder=object, __version__="10.13.0.35"))
-    monkeypatch.setattr(trt, "cudart", None)
-    with pytest.raises(trt.TensorRTUnavailable, match="cuda-python"):
-        trt.environment()
-    monkeypatch.setattr(trt, "cudart", SimpleNamespace(cudaGetDeviceCount=lambda: (100, 0)))
-    with pytest.raises(trt.TensorRTUnavailable, match="no CUDA GPU"):
-        trt.environment()
+    monkeypatch.setattr(rt, "trt", None)
+    with pytest.raises(rt.TensorRTUnavailable, match="TensorRT is not installed"):
+        rt.environment()
+    with pytest.raises(rt.TensorRTUnavailable, match="TensorRT is not installed"):
+        rt.TensorRTRunner(Path("x.plan"))
+    monkeypatch.setattr(rt, "trt", SimpleNamespace(Builder=object, __version__="10.13.0.35"))
+    monkeypatch.setattr(rt, "cudart", None)
+    with pytest.raises(rt.TensorRTUnavailable, match="cuda-python"):
+        rt.environment()
+    monkeypatch.setattr(rt, "cudart", SimpleNamespace(cudaGetDeviceCount=lambda: (100, 0)))
+    with pytest.raises(rt.TensorRTUnavailable, match="no CUDA GPU"):
+        rt.environment()
     properties = SimpleNamespace(name=b"NVIDIA H100 80GB HBM3\0\0", major=9, minor=0)
     fake = SimpleNamespace(
         cudaGetDeviceCount=lambda: (0, 1), cudaGetDeviceProperties=lambda d: (0, properties)
     )
-    monkeypatch.setattr(trt, "cudart", fake)
-    assert trt.environment() == trt.Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
+    monkeypatch.setattr(rt, "cudart", fake)
+    assert rt.environment() == rt.Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 
 
 def layer(name: str, kind: str, datatype: str, *, split: bool = False) -> dict:
@@ -290,6 +316,7 @@ class FakeTensorRT:
 def test_build_engine_flow_with_a_fake_tensorrt(monkeypatch, tmp_path: Path) -> None:
     fake = FakeTensorRT()
     monkeypatch.setattr(trt, "trt", fake)
+    monkeypatch.setattr(rt, "trt", fake)
     cache = tmp_path / "timing.cache"
     options = trt.BuildOptions(Profile(1, 2, 4, 32, 64, 128), 1 << 30, 5, cache)
     built = trt.build_engine(tmp_path / "m.onnx", options)
@@ -306,9 +333,11 @@ def test_build_engine_flow_with_a_fake_tensorrt(monkeypatch, tmp_path: Path) -> 
 
 
 def test_every_parser_error_is_reported(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(trt, "trt", FakeTensorRT(parse_ok=False))
+    fake = FakeTensorRT(parse_ok=False)
+    monkeypatch.setattr(trt, "trt", fake)
+    monkeypatch.setattr(rt, "trt", fake)
     with pytest.raises(trt.EngineBuildError) as caught:
-        trt.build_engine(tmp_path / "m.onnx", trt.BuildOptions())
+        trt.build_engine(tmp_path / "m.onnx", trt.BuildOptions(DEFAULT_PROFILE))
     message = str(caught.value)
     assert "problem 0 at node node_0 (ConvTranspose)" in message and "problem 1 at node node_1" in message
 
@@ -346,7 +375,7 @@ def test_trt_module_type_checks_against_the_tensorrt_stubs(tmp_path: Path) -> No
     stub.write_text(text)
     (tmp_path / "mypy.ini").write_text(MYPY_CONFIG)
     command = [sys.executable, "-m", "mypy", "--config-file", str(tmp_path / "mypy.ini"), "--no-incremental",
-               "--cache-dir", str(tmp_path / "cache"), "export/trt.py"]  # fmt: skip
+               "--cache-dir", str(tmp_path / "cache"), "engine/runtime.py", "export/trt.py"]  # fmt: skip
     probe = "import tensorrt as trt\nreveal_type(trt.Builder)\n"
     (tmp_path / "probe.py").write_text(probe)
     env = {**os.environ, "MYPYPATH": str(tmp_path / "stubs")}
@@ -360,8 +389,8 @@ def test_trt_module_type_checks_against_the_tensorrt_stubs(tmp_path: Path) -> No
 @pytest.mark.gpu
 def test_engine_matches_onnx_runtime(exported, tmp_path: Path) -> None:
     try:
-        trt.environment()
-    except trt.TensorRTUnavailable as error:
+        rt.environment()
+    except rt.TensorRTUnavailable as error:
         pytest.skip(f"needs TensorRT and a CUDA GPU: {error}")
     import onnx
 
@@ -372,10 +401,10 @@ def test_engine_matches_onnx_runtime(exported, tmp_path: Path) -> None:
     plan = tmp_path / "m.plan"
     code = build_engine.main(
         ["--onnx", str(fp16), "--out", str(plan), "--reference", str(exported.onnx), "--verify",
-         "--opt-batch", "2", "--max-batch", "4", "--opt-side", "128", "--max-side", "256", "--count", "4"]
+         "--profile-opt-batch", "2", "--max-batch-size", "4", "--max-side", "256", "--count", "4"]
     )  # fmt: skip
     assert code == 0 and read_sidecar(plan).precision == "fp16"
-    runner = trt.TensorRTRunner(plan)
+    runner = rt.TensorRTRunner(plan)
     labels = runner.run(np.zeros((3, 45, 77, 3), dtype=np.uint8))
     runner.close()
     assert labels.shape == (3, 45, 77) and labels.dtype == np.uint8
@@ -403,7 +432,7 @@ class OnnxRuntimeAsEngine:
 def fake_gpu(monkeypatch):
     """A machine where TensorRT 'builds' and runs engines: environment, build and runner replaced."""
     monkeypatch.setattr(
-        trt, "environment", lambda device=0: trt.Environment("10.13.0.35", "NVIDIA H100", "9.0")
+        rt, "environment", lambda device=0: rt.Environment("10.13.0.35", "NVIDIA H100", "9.0")
     )
     built: dict = {
         "layers": engine_json(layer("conv", "CaskConvolution", "Half"), layer("up", "Deconv", "Half"))
@@ -414,7 +443,7 @@ def fake_gpu(monkeypatch):
         return trt.BuiltEngine(b"PLAN", built["layers"], 12.5, False)
 
     monkeypatch.setattr(trt, "build_engine", fake_build)
-    monkeypatch.setattr(trt, "TensorRTRunner", OnnxRuntimeAsEngine)
+    monkeypatch.setattr(rt, "TensorRTRunner", OnnxRuntimeAsEngine)
     return built
 
 
@@ -430,7 +459,7 @@ def test_build_engine_cli_flow(fake_gpu, exported, tmp_path: Path, capsys) -> No
     plan, repo = tmp_path / "out" / "m.plan", tmp_path / "repo"
     code = build_engine.main(
         ["--onnx", str(fp16), "--out", str(plan), "--reference", str(exported.onnx), "--verify",
-         "--count", "3", "--opt-side", "96", "--max-batch", "4", "--opt-batch", "2",
+         "--count", "3", "--profile-opt-side", "96", "--profile-max-batch", "4", "--profile-opt-batch", "2",
          "--triton-repo", str(repo)]
     )  # fmt: skip
     out = capsys.readouterr().out
@@ -442,7 +471,7 @@ def test_build_engine_cli_flow(fake_gpu, exported, tmp_path: Path, capsys) -> No
         "NVIDIA H100",
         "9.0",
     )
-    assert info.precision == "fp16" and info.profile == Profile(1, 2, 4, 32, 96, 512)
+    assert info.precision == "fp16" and info.profile == Profile(1, 2, 4, 26, 96, 512)
     assert info.onnx_sha256 == file_sha256(fp16) and info.source_sha256 == file_sha256(exported.checkpoint)
     assert info.fp16_layers == 2 and info.build_time_s == 12.5
     assert fake_gpu["options"].timing_cache == plan.parent / "timing-trt10.13.0.35-sm90.cache"
@@ -470,93 +499,13 @@ def test_build_engine_refuses_a_silent_fp32_engine(fake_gpu, exported, tmp_path:
     assert "--verify needs --reference" in capsys.readouterr().err
 
 
-class FakeDevice:
-    """cuda-python's runtime calls on host memory: 'device' pointers are ctypes buffers."""
-
-    def __init__(self) -> None:
-        import ctypes
-
-        self.ctypes = ctypes
-        self.buffers: dict[int, object] = {}
-        self.copies: list[tuple[str, int]] = []
-        self.cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
-
-    def cudaSetDevice(self, device):
-        return (0,)
-
-    def cudaStreamCreate(self):
-        return (0, "stream")
-
-    def cudaStreamSynchronize(self, stream):
-        return (0,)
-
-    def cudaStreamDestroy(self, stream):
-        return (0,)
-
-    def cudaMalloc(self, nbytes):
-        buffer = self.ctypes.create_string_buffer(nbytes)
-        self.buffers[self.ctypes.addressof(buffer)] = buffer
-        return (0, self.ctypes.addressof(buffer))
-
-    def cudaFree(self, pointer):
-        del self.buffers[pointer]
-        return (0,)
-
-    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
-        self.copies.append((kind, nbytes))
-        self.ctypes.memmove(dst, src, nbytes)
-        return (0,)
-
-    def array(self, pointer: int, shape, dtype) -> np.ndarray:
-        return np.frombuffer(self.buffers[pointer], dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-
-
-def fake_runtime_tensorrt(device: FakeDevice) -> SimpleNamespace:
-    """An engine whose 'labels' are channel 0 of the image mod 21, plus a float 'scores' output."""
-    shapes: dict[str, tuple] = {}
-    addresses: dict[str, int] = {}
-
-    class Context:
-        def set_input_shape(self, name, shape):
-            shapes["image"] = tuple(shape)
-            return True
-
-        def get_tensor_shape(self, name):
-            n, h, w, _ = shapes["image"]
-            return (n, h, w) if name == "labels" else (n, 21, h, w)
-
-        def set_tensor_address(self, name, pointer):
-            addresses[name] = pointer
-            return True
-
-        def execute_async_v3(self, stream):
-            image = device.array(addresses["image"], shapes["image"], np.uint8)
-            device.array(addresses["labels"], image.shape[:3], np.uint8)[...] = image[..., 0] % 21
-            return True
-
-    engine = SimpleNamespace(
-        num_io_tensors=3,
-        get_tensor_name=lambda i: ["image", "labels", "scores"][i],
-        get_tensor_mode=lambda name: "in" if name == "image" else "out",
-        get_tensor_dtype=lambda name: np.float32 if name == "scores" else np.uint8,
-        get_tensor_profile_shape=lambda name, index: [(1, 32, 32, 3), (2, 64, 64, 3), (4, 128, 128, 3)],
-        create_execution_context=Context,
-    )
-    runtime = SimpleNamespace(deserialize_cuda_engine=lambda plan: engine if plan == b"PLAN" else None)
-    logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-    return SimpleNamespace(
-        Builder=object, __version__="10.13.0.35", Logger=logger, Runtime=lambda logger: runtime,
-        TensorIOMode=SimpleNamespace(INPUT="in"), nptype=lambda dtype: dtype,
-    )  # fmt: skip
-
-
 def test_runner_copies_only_the_labels_back(monkeypatch, tmp_path: Path) -> None:
     device = FakeDevice()
-    monkeypatch.setattr(trt, "trt", fake_runtime_tensorrt(device))
-    monkeypatch.setattr(trt, "cudart", device)
+    monkeypatch.setattr(rt, "trt", fake_tensorrt(device))
+    monkeypatch.setattr(rt, "cudart", device)
     plan = tmp_path / "m.plan"
-    plan.write_bytes(b"PLAN")
-    runner = trt.TensorRTRunner(plan)
+    plan.write_bytes(fake_plan(Profile(1, 2, 4, 32, 64, 128)))
+    runner = rt.TensorRTRunner(plan)
     assert (runner.min_shape, runner.max_shape) == ((1, 32, 32, 3), (4, 128, 128, 3))
     rng = np.random.default_rng(0)
     for shape in [(2, 40, 50, 3), (4, 128, 96, 3), (1, 32, 33, 3)]:
@@ -574,4 +523,4 @@ def test_runner_copies_only_the_labels_back(monkeypatch, tmp_path: Path) -> None
     assert device.buffers == {}
     plan.write_bytes(b"OTHER")
     with pytest.raises(RuntimeError, match="cannot deserialize"):
-        trt.TensorRTRunner(plan)
+        rt.TensorRTRunner(plan)

@@ -12,10 +12,11 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
+from common.onnxrt import create_session
 from export import fp16
 from export.fp16 import Runner, convert_to_fp16, label_agreement, preprocessing_nodes
 from export.images import synthetic_batch
-from export.onnx import ort_session, read_properties, with_scores_output
+from export.onnx import read_properties, with_scores_output
 
 from .conftest import Exported
 
@@ -92,7 +93,7 @@ def test_scores_output_stays_float32(fp32_model: onnx.ModelProto) -> None:
         TensorProto.FLOAT,
     ]
     image = synthetic_batch(1, 48, 64, seed=5)
-    (scores32,) = ort_session(with_scores).run([model.graph.output[1].name], {"image": image})
+    (scores32,) = create_session(with_scores).run([model.graph.output[1].name], {"image": image})
     labels16, scores16 = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"image": image})
     assert scores16.dtype == np.float32
     np.testing.assert_allclose(scores16, scores32, atol=0.05 * float(np.abs(scores32).max()))
@@ -114,7 +115,7 @@ def test_cli_writes_and_reports(exported: Exported, tmp_path: Path) -> None:
     assert code == 0, buffer.getvalue()
     assert "label agreement FP16 vs FP32: " in buffer.getvalue()
     assert out.stat().st_size < 0.6 * exported.onnx.stat().st_size
-    (labels,) = ort_session(out).run(None, {"image": synthetic_batch(2, 33, 47)})
+    (labels,) = create_session(out).run(None, {"image": synthetic_batch(2, 33, 47)})
     assert labels.shape == (2, 33, 47) and labels.dtype == np.uint8
 
 

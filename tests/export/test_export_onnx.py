@@ -12,6 +12,7 @@ import torch
 
 from common.digest import file_sha256
 from common.metadata import ModelMetadata, Normalization
+from common.onnxrt import create_session
 from export import onnx as export_onnx_module
 from export.graph import deployable_graph
 from export.onnx import (
@@ -20,7 +21,6 @@ from export.onnx import (
     VerificationError,
     export_onnx,
     main,
-    ort_session,
     read_properties,
     verify_onnx,
 )
@@ -66,7 +66,7 @@ def test_metadata_props(exported: Exported) -> None:
 
 def test_onnx_runtime_matches_pytorch_at_untraced_sizes(exported: Exported) -> None:
     model, metadata = load_checkpoint(exported.checkpoint)
-    session = ort_session(exported.onnx)
+    session = create_session(exported.onnx)
     rng = np.random.default_rng(3)
     for shape in [(1, 1, 1), (2, 7, 13), (1, 101, 33)]:
         image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
@@ -126,7 +126,7 @@ def test_scores_output(tmp_path: Path) -> None:
     assert proto.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     batch, height, width, _ = dims(proto.graph.input[0])
     assert dims(proto.graph.output[1]) == [batch, 21, height, width]
-    labels, scores = ort_session(out).run(None, {"image": np.zeros((1, 20, 30, 3), dtype=np.uint8)})
+    labels, scores = create_session(out).run(None, {"image": np.zeros((1, 20, 30, 3), dtype=np.uint8)})
     assert scores.shape == (1, 21, 20, 30)
     np.testing.assert_array_equal(labels, scores.argmax(1).astype(np.uint8))
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import onnx
 import pytest
 
+from common import onnxrt
+from common.geometry import NetworkGeometry, ServingGeometry
 from common.metadata import ModelMetadata
-from export import onnx_meta, triton
+from engine.spec import Sidecar, write_sidecar
+from export import triton
 from export.onnx import with_scores_output
-from export.sidecar import Profile, Sidecar, write_sidecar
 
 from .conftest import Exported
 
@@ -61,7 +63,17 @@ def test_repository_for_onnx_and_plan(exported: Exported, tmp_path: Path) -> Non
     plan.write_bytes(b"not a real engine")
     metadata = ModelMetadata()
     write_sidecar(
-        plan, Sidecar("10.13.0.35", "NVIDIA H100", "9.0", Profile(max_batch=12), "fp16", "0", 1.0, metadata)
+        plan,
+        Sidecar(
+            "10.13.0.35",
+            "NVIDIA H100",
+            "9.0",
+            ServingGeometry(NetworkGeometry()).engine_profile(12),
+            "fp16",
+            "0",
+            1.0,
+            metadata,
+        ),
     )
     repo = tmp_path / "repo"
     written = triton.write_repository(repo, exported.onnx, plan, max_batch_size=6)
@@ -106,8 +118,8 @@ def test_static_batch_is_rejected() -> None:
         triton.tensor_specs(onnx.helper.make_model(graph))
 
 
-def test_onnx_meta_reads_props_with_and_without_onnx(exported: Exported, monkeypatch) -> None:
-    metadata, props = onnx_meta.read_metadata(exported.onnx)
+def test_onnxrt_reads_props_with_and_without_onnx(exported: Exported, monkeypatch) -> None:
+    metadata, props = onnxrt.read_metadata(exported.onnx)
     assert props["precision"] == "fp32" and metadata.architecture == "fcn8s"
     monkeypatch.setitem(sys.modules, "onnx", None)  # the server installs only onnxruntime
-    assert onnx_meta.read_props(exported.onnx) == props
+    assert onnxrt.read_props(exported.onnx) == props

@@ -12,7 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from server.imaging import InputError, decode_image, inference_size, read_limited, resize_labels
+from common.geometry import NetworkGeometry, ServingGeometry
+from server.errors import status_of
+from server.imaging import ImageError, decode_image, resize_labels
+from server.upload import UploadError, read_limited
 
 from . import inputs
 
@@ -35,11 +38,11 @@ SEEDS = [
 
 
 def decode_or_documented_error(data: bytes) -> np.ndarray | None:
-    """Decode; an InputError with a documented status and a one-line detail is fine, anything else fails."""
+    """Decode; an ImageError with a documented status and a one-line detail is fine, anything else fails."""
     try:
         array = decode_image(data, MAX_PIXELS)
-    except InputError as exc:
-        assert exc.status in DOCUMENTED, exc.status
+    except ImageError as exc:
+        assert status_of(exc) in DOCUMENTED, status_of(exc)
         assert exc.detail and "\n" not in exc.detail and "Traceback" not in exc.detail
         assert "/" not in exc.detail.replace("image/", "").replace("n/a", ""), exc.detail
         return None
@@ -124,9 +127,9 @@ def test_header_size_over_limit_is_413_before_decoding(width: int, height: int, 
     """Any PNG header claiming more than the pixel limit is refused with 413 however little data follows."""
     data = inputs.raw_png(width, height, 8, color_type, zlib.compress(b"\x00" * 64))
     if width * height > MAX_PIXELS:
-        with pytest.raises(InputError) as info:
+        with pytest.raises(ImageError) as info:
             decode_image(data, MAX_PIXELS)
-        assert info.value.status == 413, info.value.detail
+        assert status_of(info.value) == 413, info.value.detail
     else:
         decode_or_documented_error(data)
 
@@ -134,7 +137,7 @@ def test_header_size_over_limit_is_413_before_decoding(width: int, height: int, 
 @FAST
 @given(st.integers(1, 20_000), st.integers(1, 20_000), st.integers(32, 2048))
 def test_inference_size_respects_max_side(height: int, width: int, max_side: int) -> None:
-    h, w = inference_size(height, width, max_side)
+    h, w = ServingGeometry(NetworkGeometry(), max_side).inference_size(height, width)
     long_side = max(height, width)
     if long_side <= max_side:
         assert (h, w) == (height, width)
@@ -165,25 +168,25 @@ def test_read_limited_refuses_exactly_over_the_limit(chunks: list[bytes], limit:
     total = b"".join(chunks)
     try:
         body = asyncio.run(read_limited(stream(), limit))
-    except InputError as exc:
-        assert exc.status == 413 and len(total) > limit
+    except UploadError as exc:
+        assert status_of(exc) == 413 and len(total) > limit
     else:
         assert body == total and len(total) <= limit
 
 
 def test_png_bomb_is_refused_from_the_header_quickly() -> None:
     """The 100000x100000 PNG costs nothing: refused before any pixel is inflated."""
-    with pytest.raises(InputError) as info:
+    with pytest.raises(ImageError) as info:
         decode_image(inputs.png_bomb(), 40_000_000)
-    assert info.value.status == 413
+    assert status_of(info.value) == 413
     assert "100000" in info.value.detail
 
 
 def test_truncated_files_are_400_with_a_reason() -> None:
     for data in (inputs.truncated_jpeg(), inputs.truncated_png()):
-        with pytest.raises(InputError) as info:
+        with pytest.raises(ImageError) as info:
             decode_image(data, MAX_PIXELS)
-        assert info.value.status == 400
+        assert status_of(info.value) == 400
         assert "decode" in info.value.detail
 
 

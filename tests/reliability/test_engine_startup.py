@@ -1,6 +1,6 @@
 """Start-up with a TensorRT engine built elsewhere: refused with one clear line, or ONNX Runtime fallback.
 
-The machine's GPU and TensorRT version are faked (``export.trt.environment``) as an H100 with TensorRT
+The machine's GPU and TensorRT version are faked (``engine.runtime.environment``) as an H100 with TensorRT
 10.13, so the sidecar check runs the same on machines with and without a GPU; the engine never loads.
 """
 
@@ -12,38 +12,38 @@ from pathlib import Path
 
 import pytest
 
+from common.geometry import Profile
 from common.metadata import ModelMetadata
+from engine import runtime as rt
+from engine.spec import Sidecar, write_sidecar
 from server.backends.base import BackendError
 from server.backends.select import Environment, load_backend
 from server.settings import Settings
 
-sidecar = pytest.importorskip("export.sidecar", reason="export/sidecar.py (engine sidecar) is missing")
-trt = pytest.importorskip("export.trt", reason="export/trt.py is missing")
-
-HERE = trt.Environment(tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+HERE = rt.Environment(tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
 GPU_MACHINE = Environment(gpu=True, tensorrt=True, ort_cuda=False)
 
 
 def _engine(folder: Path, *, gpu: str, capability: str, version: str) -> Path:
     plan = folder / "model.plan"
     plan.write_bytes(b"a serialized engine would be here")
-    info = sidecar.Sidecar(
+    info = Sidecar(
         tensorrt_version=version,
         gpu_name=gpu,
         compute_capability=capability,
-        profile=sidecar.Profile(min_side=32, opt_side=256, max_side=512, max_batch=16),
+        profile=Profile(min_batch=1, opt_batch=8, max_batch=16, min_side=26, opt_side=256, max_side=512),
         precision="fp16",
         onnx_sha256="0" * 64,
         build_time_s=1.0,
         metadata=ModelMetadata(name="elsewhere"),
     )
-    sidecar.write_sidecar(plan, info)
+    write_sidecar(plan, info)
     return plan
 
 
 @pytest.fixture(autouse=True)
 def h100_with_tensorrt_10_13(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trt, "environment", lambda device=0: HERE)
+    monkeypatch.setattr(rt, "environment", lambda device=0: HERE)
 
 
 @pytest.mark.parametrize(

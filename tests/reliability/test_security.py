@@ -55,7 +55,7 @@ def test_api_key_is_required_where_configured(secured: ServerProcess) -> None:
 
 def test_key_comparison_is_constant_time() -> None:
     """The key is compared with hmac.compare_digest, never with ``==`` (which leaks the matching prefix)."""
-    source = (REPO_ROOT / "server" / "app.py").read_text()
+    source = (REPO_ROOT / "server" / "routes" / "deps.py").read_text()
     assert "hmac.compare_digest(" in source
     assert not re.search(
         r"(==|!=)\s*(settings\.)?api_key|api_key[^\n]*get_secret_value\(\)\s*(==|!=)", source

@@ -9,7 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from common.metadata import Normalization
-from server.app import choose_format, create_app, neutral_colour
+from server.app import create_app
+from server.negotiation import choose_format
+from server.routes.web import STATIC_DIR
 from server.settings import Settings
 from tests.server.conftest import png_bytes, random_image
 from tests.server.server_fakes import FakeBackend
@@ -75,22 +77,17 @@ def test_choose_format(query: str | None, accept: str | None, expected: str) -> 
 
 
 def test_pad_colour_is_the_normalisation_mean() -> None:
-    assert neutral_colour(Normalization()) == (124, 116, 104)
-    assert neutral_colour(Normalization.caffe()) == (123, 117, 104)
+    assert Normalization().neutral_rgb() == (124, 116, 104)
+    assert Normalization.caffe().neutral_rgb() == (123, 117, 104)
 
 
 def test_web_page_is_served_from_server_static() -> None:
-    from server.app import STATIC_DIR
-
-    if not (STATIC_DIR / "index.html").is_file():
-        pytest.skip("server/static/index.html (the web page) is not there yet")
     for client in _client():
         page = client.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert page.text == (STATIC_DIR / "index.html").read_text()
         scripts = sorted(p.name for p in STATIC_DIR.glob("*.js"))
-        if scripts:
-            assert client.get(f"/static/{scripts[0]}").status_code == 200
+        assert scripts and all(client.get(f"/static/{name}").status_code == 200 for name in scripts)
 
 
 def test_flags_mirror_settings_and_override_environment(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from common.geometry import NetworkGeometry, ServingGeometry
+from common.metadata import ModelMetadata
+from engine.spec import Sidecar, write_sidecar
 from server.backends.base import BackendError
 from server.backends.select import Choice, Environment, choose, load_backend
 from server.settings import Settings
@@ -63,25 +67,23 @@ def test_choose_refuses_with_reason(
         choose(Settings(model=files[model], backend=backend), env)
 
 
-def _engine_with_sidecar(directory: Path, **profile: int) -> Path:
-    sidecar = pytest.importorskip(
-        "export.sidecar", reason="export.sidecar (the export helper's module) is missing"
-    )
-    from common.metadata import ModelMetadata
+DEFAULT_PROFILE = ServingGeometry(NetworkGeometry()).engine_profile()
 
+
+def _engine_with_sidecar(directory: Path, **profile: int) -> Path:
     plan = directory / "engine.plan"
     plan.write_bytes(b"not really a plan")
-    info = sidecar.Sidecar(
+    info = Sidecar(
         tensorrt_version="10.13.0",
         gpu_name="NVIDIA H100 80GB HBM3",
         compute_capability="9.0",
-        profile=sidecar.Profile(**profile),
+        profile=replace(DEFAULT_PROFILE, **profile),
         precision="fp16",
         onnx_sha256="0" * 64,
         build_time_s=1.0,
         metadata=ModelMetadata(),
     )
-    sidecar.write_sidecar(plan, info)
+    write_sidecar(plan, info)
     return plan
 
 
@@ -93,7 +95,7 @@ def test_tensorrt_engine_is_refused_on_this_cpu_machine(tmp_path: Path) -> None:
         pytest.skip("this machine has a GPU")
     plan = _engine_with_sidecar(tmp_path)
     with pytest.raises(BackendError) as refused:
-        TensorRTBackend(plan, max_batch_size=8, max_side=512, min_side=32)
+        TensorRTBackend(plan, max_batch_size=8, max_side=512, granularity=32)
     message = str(refused.value)
     assert message.startswith("engine engine.plan cannot run here:") and "\n" not in message
     assert "TensorRT" in message or "GPU" in message
@@ -103,18 +105,20 @@ def test_tensorrt_profile_must_cover_the_served_shapes(tmp_path: Path) -> None:
     from server.backends.tensorrt import TensorRTBackend
 
     plan = _engine_with_sidecar(tmp_path, max_batch=4, opt_batch=2, max_side=384, opt_side=256)
-    with pytest.raises(BackendError, match=r"does not cover batch 1\.\.8 and sides 32\.\.512"):
-        TensorRTBackend(plan, max_batch_size=8, max_side=512, min_side=32)
+    with pytest.raises(BackendError, match=r"does not cover batch 1\.\.8 and the bucket sides 26\.\.512"):
+        TensorRTBackend(plan, max_batch_size=8, max_side=512, granularity=32)
+    plan = _engine_with_sidecar(tmp_path, min_side=32)  # the old default profile: misses the 26-pixel bucket
+    with pytest.raises(BackendError, match=r"sides \(32, 506, 512\)\) does not cover"):
+        TensorRTBackend(plan, max_batch_size=8, max_side=512, granularity=32)
 
 
 def test_tensorrt_without_sidecar_is_refused(tmp_path: Path) -> None:
     from server.backends.tensorrt import TensorRTBackend
 
-    pytest.importorskip("export.sidecar", reason="export.sidecar (the export helper's module) is missing")
     plan = tmp_path / "bare.plan"
     plan.write_bytes(b"x")
     with pytest.raises(BackendError, match="sidecar"):
-        TensorRTBackend(plan, max_batch_size=8, max_side=512, min_side=32)
+        TensorRTBackend(plan, max_batch_size=8, max_side=512, granularity=32)
 
 
 def test_load_backend_reports_missing_and_invalid_models(tmp_path: Path) -> None:

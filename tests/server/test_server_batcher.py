@@ -1,4 +1,4 @@
-"""The batcher alone: buckets, batching, deadlines, discards, failure isolation, queue bound."""
+"""The batcher alone: batching by shape, deadlines, discards, failure isolation, queue bound."""
 
 from __future__ import annotations
 
@@ -8,34 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from server.batcher import (
-    Batcher,
-    DeadlineError,
-    InferenceError,
-    QueueFullError,
-    all_buckets,
-    bucket_shape,
-    pad_to,
-)
+from server.batcher import Batcher, DeadlineError, InferenceError, QueueFullError
 from server.metrics import Metrics
-
-
-def test_bucket_sides_end_every_pooling_window() -> None:
-    assert bucket_shape(100, 33, 32, 512) == (122, 58)  # (122 + 198) = 10 * 32, (58 + 198) = 8 * 32
-    assert bucket_shape(26, 1, 32, 512) == (26, 26)
-    assert bucket_shape(507, 512, 32, 512) == (512, 512)  # capped at max_side, never below the image
-    for height in range(1, 513):
-        side = bucket_shape(height, 8, 32, 512)[0]
-        assert height <= side <= 512 and (side == 512 or (side + 198) % 32 == 0) and side - height < 32
-    buckets = all_buckets(32, 512)
-    assert len(buckets) == 17 * 17 and (512, 512) in buckets and (26, 26) in buckets
-
-
-def test_pad_to_places_image_top_left() -> None:
-    image = np.full((2, 3, 3), 7, np.uint8)
-    padded = pad_to(image, (4, 4), (1, 2, 3))
-    np.testing.assert_array_equal(padded[:2, :3], image)
-    assert (padded[2:] == (1, 2, 3)).all() and (padded[:, 3] == (1, 2, 3)).all()
 
 
 class Recorder:
@@ -68,15 +42,15 @@ def _batcher(backend: Recorder, **kwargs: object) -> Batcher:
     return Batcher(backend.run, metrics=Metrics(4), **options)  # type: ignore[arg-type]
 
 
-def test_batches_group_by_bucket_and_crop() -> None:
+def test_batches_group_by_shape_and_return_each_image_its_own_labels() -> None:
     backend = Recorder()
 
     async def scenario() -> list[object]:
         batcher = _batcher(backend)
         batcher.start()
         far = asyncio.get_running_loop().time() + 10
-        jobs = [batcher.submit(_image(v), (30, 20 + v), far) for v in (1, 2, 3)]
-        jobs.append(batcher.submit(_image(9, (64, 32)), (64, 32), far))
+        jobs = [batcher.submit(_image(v), far) for v in (1, 2, 3)]
+        jobs.append(batcher.submit(_image(9, (64, 32)), far))
         results = [await job.future for job in jobs]
         await batcher.stop()
         return results
@@ -84,7 +58,8 @@ def test_batches_group_by_bucket_and_crop() -> None:
     results = _run(scenario())
     assert sorted(backend.shapes) == [(1, 64, 32, 3), (3, 32, 32, 3)]
     assert [r.batch_size for r in results] == [3, 3, 3, 1]  # type: ignore[attr-defined]
-    assert results[1].labels.shape == (30, 22) and (results[1].labels == 2).all()  # type: ignore[attr-defined]
+    assert results[1].labels.shape == (32, 32) and (results[1].labels == 2).all()  # type: ignore[attr-defined]
+    assert results[3].labels.shape == (64, 32) and (results[3].labels == 9).all()  # type: ignore[attr-defined]
 
 
 def test_expired_and_discarded_jobs_never_reach_the_backend() -> None:
@@ -95,11 +70,11 @@ def test_expired_and_discarded_jobs_never_reach_the_backend() -> None:
         batcher = _batcher(backend, max_batch_size=1)
         batcher.start()
         loop = asyncio.get_running_loop()
-        first = batcher.submit(_image(1), (32, 32), loop.time() + 10)
+        first = batcher.submit(_image(1), loop.time() + 10)
         await asyncio.sleep(0.1)  # first is running (blocked)
-        expiring = batcher.submit(_image(2), (32, 32), loop.time() + 0.05)
-        leaving = batcher.submit(_image(3), (32, 32), loop.time() + 10)
-        kept = batcher.submit(_image(4), (32, 32), loop.time() + 10)
+        expiring = batcher.submit(_image(2), loop.time() + 0.05)
+        leaving = batcher.submit(_image(3), loop.time() + 10)
+        kept = batcher.submit(_image(4), loop.time() + 10)
         assert batcher.discard(leaving) and not batcher.discard(first)
         await asyncio.sleep(0.1)
         backend.gate.set()
@@ -121,15 +96,15 @@ def test_backend_failure_fails_only_that_batch_and_queue_is_bounded() -> None:
         batcher.start()
         far = asyncio.get_running_loop().time() + 10
         backend.fail = True
-        doomed = [batcher.submit(_image(1), (32, 32), far), batcher.submit(_image(2), (32, 32), far)]
+        doomed = [batcher.submit(_image(1), far), batcher.submit(_image(2), far)]
         with pytest.raises(QueueFullError):
-            batcher.submit(_image(3), (32, 32), far)
+            batcher.submit(_image(3), far)
         for job in doomed:
             with pytest.raises(InferenceError) as failed:
                 await job.future
             assert failed.value.cause == "MemoryError"
         backend.fail = False
-        assert (await batcher.submit(_image(5), (32, 32), far).future).labels[0, 0] == 5
+        assert (await batcher.submit(_image(5), far).future).labels[0, 0] == 5
         await batcher.stop()
 
     _run(scenario())

@@ -27,9 +27,10 @@ def post(
 
 def expected_labels(image: np.ndarray, max_side: int) -> np.ndarray:
     """What the server must return for the fake model: resize like the server, label, resize back."""
-    from server.imaging import inference_size, resize_labels, resize_rgb
+    from common.geometry import NetworkGeometry, ServingGeometry
+    from server.imaging import resize_labels, resize_rgb
 
-    size = inference_size(*image.shape[:2], max_side)
+    size = ServingGeometry(NetworkGeometry(), max_side).inference_size(*image.shape[:2])
     return resize_labels(fake_labels(resize_rgb(image, size)), image.shape[:2])
 
 

@@ -12,13 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from server.imaging import (
-    InputError,
-    decode_image,
-    encode_label_png,
-    inference_size,
-    resize_labels,
-)
+from common.geometry import NetworkGeometry, ServingGeometry
+from server.errors import status_of
+from server.imaging import ImageError, decode_image, encode_label_png, resize_labels
 from server.masks import class_rles
 
 RGB = np.array([[[10, 20, 30], [200, 100, 50]], [[0, 255, 0], [90, 90, 90]]], dtype=np.uint8)
@@ -67,13 +63,13 @@ def test_exif_orientation_is_applied() -> None:
 
 
 def test_limits_and_bad_data() -> None:
-    with pytest.raises(InputError) as too_big:
+    with pytest.raises(ImageError) as too_big:
         decode_image(_save(Image.fromarray(np.zeros((20, 20, 3), np.uint8)), "PNG"), 399)
-    assert too_big.value.status == 413
+    assert status_of(too_big.value) == 413
     for data in (b"", b"GIF89a", b"\x89PNG\r\n\x1a\n" + b"\x00" * 30):
-        with pytest.raises(InputError) as bad:
+        with pytest.raises(ImageError) as bad:
             decode_image(data, 100)
-        assert bad.value.status == 400
+        assert status_of(bad.value) == 400
 
 
 @settings(max_examples=60, deadline=None)
@@ -82,15 +78,15 @@ def test_decoding_garbage_only_raises_input_errors(data: bytes) -> None:
     for prefix in (b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM"):
         try:
             decode_image(prefix + data, 10_000)
-        except InputError as exc:
-            assert exc.status in (400, 413, 415)
+        except ImageError as exc:
+            assert status_of(exc) in (400, 413, 415)
 
 
 @pytest.mark.parametrize(
     ("shape", "expected"), [((300, 200), (256, 171)), ((100, 50), (100, 50)), ((1, 5000), (1, 256))]
 )
 def test_inference_size(shape: tuple[int, int], expected: tuple[int, int]) -> None:
-    assert inference_size(*shape, 256) == expected
+    assert ServingGeometry(NetworkGeometry(), 256).inference_size(*shape) == expected
 
 
 def test_label_png_carries_indices_and_palette() -> None:
@@ -127,7 +123,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_its_full_size(orientation: 
     array, original = decode_for_inference(data, 10**8, 256)
     full = decode_image(data, 10**8)
     assert original == full.shape[:2] == ((2400, 1800) if orientation != 1 else (1800, 2400))
-    target = inference_size(*original, 256)
+    target = ServingGeometry(NetworkGeometry(), 256).inference_size(*original)
     assert array.shape[0] < full.shape[0] and min(array.shape[0] - target[0], array.shape[1] - target[1]) >= 0
     drafted, reference = resize_rgb(array, target), resize_rgb(full, target)
     assert np.abs(drafted.astype(int) - reference).mean() < 2.0

@@ -56,7 +56,7 @@ def test_served_labels_equal_a_direct_forward_at_the_bucket_size(
 ) -> None:  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
-    from server.batcher import bucket_shape, pad_to
+    from common.geometry import NetworkGeometry, ServingGeometry
 
     image = random_image(58, 90, seed=5)  # already a bucket shape at granularity 32: no padding
     session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
@@ -64,7 +64,8 @@ def test_served_labels_equal_a_direct_forward_at_the_bucket_size(
     served, _ = _labels(onnx_server, png_bytes(image))
     np.testing.assert_array_equal(served, direct)
     odd = random_image(50, 70, seed=6)  # padded to 58x90 with the neutral colour, then cropped
-    padded = pad_to(odd, bucket_shape(50, 70, 32, 128), (124, 116, 104))
+    padded = ServingGeometry(NetworkGeometry(), 128, 32).pad(odd, (124, 116, 104))
+    assert padded.shape[:2] == (58, 90)
     expected = session.run(["labels"], {"image": padded[None]})[0][0, :50, :70]
     np.testing.assert_array_equal(_labels(onnx_server, png_bytes(odd))[0], expected)
 

@@ -1,8 +1,9 @@
-"""The JSON sidecar of a TensorRT engine: what it was built from, for which GPU and TensorRT version.
+"""The JSON sidecar of a TensorRT engine (pure data): what it was built from, for which GPU and TensorRT.
 
 A plan file only runs on the TensorRT version and GPU it was built for. ``model.plan`` is accompanied
-by ``model.plan.json``; the server reads it and refuses (with :func:`compatibility_problems`) an engine
-built elsewhere, before TensorRT would fail or misbehave. Imports neither torch nor TensorRT.
+by ``model.plan.json``; the server reads it and refuses (with :func:`mismatches` against the local
+GPU, see :mod:`engine.runtime`) an engine built elsewhere, before TensorRT would fail or misbehave.
+Imports neither torch nor TensorRT.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.geometry import Profile
 from common.metadata import ModelMetadata
 
 SIDECAR_SUFFIX = ".json"
@@ -24,49 +26,6 @@ class SidecarError(ValueError):
 
 class EngineMismatch(RuntimeError):
     """The engine was built for another GPU or TensorRT version."""
-
-
-Shape = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The optimisation profile of the ``image`` input ``[N, H, W, 3]``: batch and side ranges."""
-
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 16
-    min_side: int = 32
-    opt_side: int = 500
-    max_side: int = 512
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"need 1 <= min <= opt <= max batch, got {self.batches}")
-        if not 1 <= self.min_side <= self.opt_side <= self.max_side:
-            raise ValueError(f"need 1 <= min <= opt <= max side, got {self.sides}")
-
-    @property
-    def batches(self) -> tuple[int, int, int]:
-        return self.min_batch, self.opt_batch, self.max_batch
-
-    @property
-    def sides(self) -> tuple[int, int, int]:
-        return self.min_side, self.opt_side, self.max_side
-
-    def shapes(self) -> tuple[Shape, Shape, Shape]:
-        """(min, opt, max) NHWC shapes for ``IOptimizationProfile.set_shape``."""
-        return (
-            (self.min_batch, self.min_side, self.min_side, 3),
-            (self.opt_batch, self.opt_side, self.opt_side, 3),
-            (self.max_batch, self.max_side, self.max_side, 3),
-        )
-
-    def covers(self, batch: int, height: int, width: int) -> bool:
-        """Whether an input of this size can run on the engine."""
-        return self.min_batch <= batch <= self.max_batch and all(
-            self.min_side <= side <= self.max_side for side in (height, width)
-        )
 
 
 @dataclass(frozen=True)
@@ -174,19 +133,3 @@ def check_compatible(
             "engine does not match this machine: " + "; ".join(problems) + " — rebuild it with "
             "`python export/build_engine.py --onnx MODEL.onnx --out ENGINE.plan` on this machine"
         )
-
-
-def compatibility_problems(sidecar: Sidecar) -> list[str]:
-    """:func:`mismatches` against the local GPU and TensorRT (or why they cannot be queried)."""
-    from export import trt  # TensorRT is only imported there, and only used when present
-
-    try:
-        local = trt.environment()
-    except trt.TensorRTUnavailable as error:
-        return [str(error)]
-    return mismatches(
-        sidecar,
-        gpu_name=local.gpu_name,
-        compute_capability=local.compute_capability,
-        tensorrt_version=local.tensorrt_version,
-    )
