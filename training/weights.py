@@ -152,8 +152,20 @@ def _infer_width(state: StateDict) -> float:
     return state["conv1_1.weight"].shape[0] / VGG_STAGES[0][0]
 
 
-def caffe_metadata(architecture: str, num_classes: int, width: float, source: str) -> ModelMetadata:
-    """Metadata for a pytorch-fcn Caffe-converted model: VOC classes, Caffe BGR mean-subtracted input."""
+def caffe_metadata(
+    architecture: str,
+    num_classes: int,
+    width: float,
+    source: str,
+    *,
+    name: str | None = None,
+    training: Mapping[str, object] | None = None,
+    metrics: Mapping[str, object] | None = None,
+) -> ModelMetadata:
+    """Metadata for a Caffe reference net: VOC classes, Caffe BGR mean-subtracted input.
+
+    ``training`` entries are added to (or replace) the default source/origin; ``metrics`` are stored as is.
+    """
     if num_classes == len(VOC_CLASSES):
         classes = VOC_CLASSES
     else:
@@ -164,8 +176,13 @@ def caffe_metadata(architecture: str, num_classes: int, width: float, source: st
         classes=classes,
         palette=tuple(voc_palette(num_classes)),
         normalization=Normalization.caffe(),
-        name=f"{architecture}-caffe",
-        training={"source": source, "origin": "Caffe reference net converted by pytorch-fcn"},
+        name=name or f"{architecture}-caffe",
+        training={
+            "source": source,
+            "origin": "Caffe reference net converted by pytorch-fcn",
+            **(training or {}),
+        },
+        metrics=dict(metrics or {}),
     )
 
 
