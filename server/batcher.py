@@ -1,9 +1,11 @@
-"""An asyncio dynamic batcher over shape buckets. It knows nothing of HTTP or of image geometry.
+"""An asyncio dynamic batcher over shape buckets and model instances. It knows nothing of HTTP or geometry.
 
 Callers submit images already padded to their bucket (``common.geometry``), so an image's labels never
 depend on its batch-mates; only images of one shape share a batch, and each result is the label map of
-the whole padded image. One worker thread runs the backend, so the event loop (and health checks) stays
-free.
+the whole padded image. Each model instance (Triton's ``instance_group``) has its own worker thread; a
+batch goes to an idle instance, so up to ``instances`` batches run at once while the event loop (and
+health checks) stays free. The backend gives every concurrent caller its own session, so results do not
+depend on the instance either.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ Shape = tuple[int, int]
 class InferenceThread:
     """One daemon thread that runs backend calls in order; a hung call cannot keep the process alive."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "inference") -> None:
         self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
         self._calls = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="inference", daemon=True).start()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def submit(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
@@ -109,6 +111,7 @@ class Batcher:
         max_delay_s: float,
         queue_size: int,
         metrics: Metrics,
+        instances: int = 1,
     ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
@@ -117,10 +120,21 @@ class Batcher:
         self._metrics = metrics
         self._pending: deque[Job] = deque()
         self._wakeup = asyncio.Event()
-        self._thread = InferenceThread()
+        self._threads = [InferenceThread(f"inference-{index}") for index in range(instances)]
+        self._idle: list[int] = list(range(instances))[::-1]
+        self._busy: dict[int, float] = {}
+        self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self.busy_since: float | None = None
-        """``time.monotonic()`` when the running batch started; None while idle."""
+
+    @property
+    def instances(self) -> int:
+        """Model instances (worker threads) batches are spread over."""
+        return len(self._threads)
+
+    @property
+    def busy_since(self) -> float | None:
+        """``time.monotonic()`` when the oldest running batch started; None while every instance is idle."""
+        return min(self._busy.values(), default=None)
 
     @property
     def depth(self) -> int:
@@ -132,21 +146,24 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
     async def stop(self) -> None:
-        """Stop the loop and fail the jobs still queued with ShuttingDownError."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop the loop and fail the jobs still queued or running with ShuttingDownError."""
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for job in self._pending:
             if not job.future.done():
                 job.future.set_exception(ShuttingDownError())
         self._pending.clear()
         self._metrics.queue_depth.set(0)
-        self._thread.shutdown()
+        for thread in self._threads:
+            thread.shutdown()
 
-    async def run_direct(self, images: np.ndarray) -> np.ndarray:
-        """Run the backend on the inference thread outside the queue (warm-up)."""
-        return await asyncio.wrap_future(self._thread.submit(self._run, images))
+    async def run_on_every_instance(self, images: np.ndarray) -> list[np.ndarray]:
+        """Run the backend once on each instance thread at the same time, outside the queue (warm-up)."""
+        futures = [asyncio.wrap_future(thread.submit(self._run, images)) for thread in self._threads]
+        return list(await asyncio.gather(*futures))
 
     def submit(self, image: np.ndarray, deadline: float) -> Job:
         """Queue a padded image; raises QueueFullError when ``queue_size`` images wait already."""
@@ -214,14 +231,21 @@ class Batcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 continue
-            await self._execute(self._take(head.bucket))
+            if not self._idle:  # every instance is busy: wait for one (more batch-mates may arrive)
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            instance = self._idle.pop()
+            task = loop.create_task(self._execute(self._take(head.bucket), instance))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def _forward(self, images: list[np.ndarray]) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
         labels = self._run(np.stack(images))
         return labels, time.perf_counter() - start
 
-    async def _execute(self, batch: list[Job]) -> None:
+    async def _execute(self, batch: list[Job], instance: int) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for job in batch:
@@ -229,10 +253,10 @@ class Batcher:
             self._metrics.queue_seconds.observe(now - job.enqueued)
         self._metrics.batch_size.observe(len(batch))
         self._metrics.images.inc(len(batch))
-        self.busy_since = time.monotonic()
+        self._busy[instance] = time.monotonic()
         try:
             labels, seconds = await asyncio.wrap_future(
-                self._thread.submit(self._forward, [j.image for j in batch])
+                self._threads[instance].submit(self._forward, [j.image for j in batch])
             )
             expected = (len(batch), *batch[0].bucket)
             if labels.shape != expected:
@@ -248,7 +272,9 @@ class Batcher:
                     job.future.set_exception(InferenceError(exc))
             return
         finally:
-            self.busy_since = None
+            del self._busy[instance]
+            self._idle.append(instance)
+            self._wakeup.set()
         self._metrics.inference_seconds.observe(seconds)
         for index, job in enumerate(batch):
             if job.future.done():

@@ -104,8 +104,10 @@ async def _warm_up(service: Service) -> None:
     stays 503 and ``python -m server`` exits 1)."""
     assert service.model is not None
     try:
+        await service.model.choose_batch_cap(service.settings)
         if service.settings.warmup:
-            await service.model.warm_up(service.settings.max_batch_size)
+            await service.model.warm_up()
+        log.info("execution", extra={"execution": service.model.execution()})
         service.ready = True
         log.info("ready")
     except asyncio.CancelledError:

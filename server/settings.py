@@ -20,15 +20,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FCN_", extra="forbid", frozen=True)
 
     model: Path = Field(DEFAULT_MODEL, description="model file: .onnx (ONNX Runtime) or .plan (TensorRT)")
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+    backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field(
         "auto",
-        description="auto = TensorRT if a compatible engine and a GPU exist, else ORT CUDA, else ORT CPU",
+        description="auto = TensorRT if a compatible engine and a GPU exist, else ORT CUDA, else the faster "
+        "of ONNX Runtime and OpenVINO on the CPU (measured at start-up)",
     )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
 
     max_batch_size: int = Field(
-        DEFAULT_MAX_BATCH, ge=1, le=256, description="most images in one forward pass"
+        DEFAULT_MAX_BATCH,
+        ge=1,
+        le=256,
+        description="most images in one forward pass; unless set, on CPU lowered at warm-up to the largest "
+        "batch that still lowers the measured time per image",
     )
     max_delay_ms: float = Field(
         2.0, ge=0, description="longest the oldest queued image waits for batch-mates"
@@ -57,8 +62,14 @@ class Settings(BaseSettings):
     codec_threads: int = Field(
         0, ge=0, description="threads decoding/encoding images (0 = min(4, CPU count))"
     )
-    ort_intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = all cores)")
-    ort_inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
+    instances: int | Literal["auto"] = Field(
+        "auto",
+        description="model instances running batches at once, each with its own session and threads; auto = "
+        "measured at start-up on CPU (one instance with every core vs one per core), 1 on a GPU",
+    )
+    threads_per_instance: int = Field(
+        0, ge=0, description="inference threads of each instance (0 = the CPU cores divided by the instances)"
+    )
 
     api_key: SecretStr | None = Field(None, description="if set, /segment and /v1/model need X-API-Key")
     metrics_need_key: bool = Field(False, description="also require the API key on /metrics")
@@ -86,6 +97,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.queue_full_status not in (429, 503):
             raise ValueError(f"queue_full_status must be 429 or 503, got {self.queue_full_status}")
+        if isinstance(self.instances, int) and self.instances < 1:
+            raise ValueError(f"instances must be at least 1 or auto, got {self.instances}")
         if self.bucket > self.max_side:
             raise ValueError(f"bucket ({self.bucket}) must not exceed max_side ({self.max_side})")
         return self
@@ -106,7 +119,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "image sizes and warm-up": ("max_side", "bucket", "warmup"),
     "request limits": ("max_body_bytes", "max_pixels", "max_form_parts", "max_header_bytes"),
-    "threads": ("codec_threads", "ort_intra_op_threads", "ort_inter_op_threads"),
+    "execution": ("instances", "threads_per_instance", "codec_threads"),
     "access": ("api_key", "metrics_need_key", "cors_origins"),
     "shutdown and logs": ("drain_timeout_s", "log_level", "log_format"),
 }  # fmt: skip

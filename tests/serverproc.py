@@ -83,7 +83,12 @@ def server_env(settings: Mapping[str, object], extra: dict[str, str] | None = No
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env["OMP_NUM_THREADS"] = "1"
-    base: dict[str, object] = {"host": "127.0.0.1", "log_level": "warning", "ort_intra_op_threads": 1}
+    base: dict[str, object] = {
+        "host": "127.0.0.1",
+        "log_level": "warning",
+        "instances": 1,
+        "threads_per_instance": 1,
+    }
     for key, value in {**base, **settings}.items():
         env[f"FCN_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     env.update(extra or {})

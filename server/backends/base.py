@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,15 +18,20 @@ class Backend(Protocol):
     """Runs the deployable graph: uint8 RGB images in, uint8 class indices out."""
 
     name: str
-    """Backend name: ``onnxruntime``, ``tensorrt`` or a test double's name."""
+    """Backend name: ``onnxruntime``, ``openvino``, ``tensorrt`` or a test double's name."""
     provider: str
-    """Execution provider really in use, e.g. ``CPUExecutionProvider``."""
+    """Execution provider / device really in use, e.g. ``CPUExecutionProvider``."""
     precision: str
     """``fp32`` | ``fp16`` | ``int8``."""
     metadata: ModelMetadata
+    instances: int
+    """How many ``run`` calls may proceed at once, each on its own session / infer request."""
+    selection: dict[str, Any]
+    """How this backend and its instances were chosen (``chosen_by``: settings, device or measurement) and
+    the measurements behind it; shown in ``/v1/model``."""
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        """``uint8 [N, H, W, 3]`` RGB -> ``uint8 [N, H, W]`` labels. Called from one worker thread."""
+        """``uint8 [N, H, W, 3]`` RGB -> ``uint8 [N, H, W]`` labels. Thread-safe for ``instances`` callers."""
         ...
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""Backend choice. ``auto``: TensorRT with a compatible engine and a GPU, else ORT CUDA, else ORT CPU."""
+"""Backend choice. ``auto``: TensorRT with a compatible engine and a GPU, else ORT CUDA, else the faster of
+ONNX Runtime and OpenVINO on the CPU (measured at load, :mod:`server.tuning`)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ class Environment:
     gpu: bool
     tensorrt: bool
     ort_cuda: bool
+    openvino: bool = False
 
     @classmethod
     def probe(cls) -> Environment:
-        """Look for an NVIDIA GPU (driver nodes), the TensorRT module and onnxruntime-gpu's CUDA provider."""
+        """Look for an NVIDIA GPU (driver nodes), TensorRT, onnxruntime-gpu's CUDA provider and OpenVINO."""
         gpu = Path("/dev/nvidia0").exists() or any(Path("/proc/driver/nvidia/gpus").glob("*"))
         from engine.runtime import tensorrt_available
 
@@ -35,7 +37,9 @@ class Environment:
             import onnxruntime as ort
 
             ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        return cls(gpu=gpu, tensorrt=tensorrt, ort_cuda=ort_cuda)
+        from server.backends import openvino
+
+        return cls(gpu=gpu, tensorrt=tensorrt, ort_cuda=ort_cuda, openvino=openvino.available())
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,15 @@ def choose(settings: Settings, env: Environment) -> Choice:
                 "backend 'tensorrt' needs an NVIDIA GPU and the tensorrt package; neither is optional"
             )
         return Choice("tensorrt", path)
-    if settings.backend == "onnxruntime":
+    if settings.backend in ("onnxruntime", "openvino"):
         if _is_engine(path):
-            raise BackendError(f"backend 'onnxruntime' needs an .onnx model, got the engine {path.name}")
+            raise BackendError(
+                f"backend '{settings.backend}' needs an .onnx model, got the engine {path.name}"
+            )
+        if settings.backend == "openvino":
+            if not env.openvino:
+                raise BackendError("backend 'openvino' needs the openvino package (pip install openvino)")
+            return Choice("openvino", path)
         return Choice("onnxruntime", path, use_cuda=ort_cuda)
     # auto
     if _is_engine(path):
@@ -106,11 +116,6 @@ def load_backend(settings: Settings, env: Environment | None = None) -> Backend:
                 raise
             log.warning("%s; falling back to ONNX Runtime on %s", exc, onnx.name)
             choice = Choice("onnxruntime", onnx, use_cuda=env.gpu and env.ort_cuda)
-    from server.backends.ort import OnnxRuntimeBackend
+    from server.tuning import load_measured
 
-    return OnnxRuntimeBackend(
-        choice.path,
-        use_cuda=choice.use_cuda,
-        intra_op_threads=settings.ort_intra_op_threads,
-        inter_op_threads=settings.ort_inter_op_threads,
-    )
+    return load_measured(choice, settings, openvino=env.openvino)

@@ -7,6 +7,7 @@ server runs without TensorRT installed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     provider = "TensorRT"
+    instances = 1
 
     def __init__(self, path: Path, *, max_batch_size: int, max_side: int, granularity: int) -> None:
         if not path.is_file():
@@ -45,6 +47,7 @@ class TensorRTBackend:
         self.metadata = info.metadata
         self.precision = info.precision
         self._runner = TensorRTRunner(path)
+        self.selection: dict[str, Any] = {"chosen_by": "device", "profile": list(profile.shapes())}
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Labels for a uint8 NHWC batch (only the label map is copied back to the host)."""

@@ -43,8 +43,9 @@ async def model_info(service: ServiceDep) -> Response:
                 "max_side": settings.max_side,
                 "formats": ACCEPTED_TEXT,
             },
+            "execution": service.model.execution(),
             "batching": {
-                "max_batch_size": settings.max_batch_size,
+                "max_batch_size": service.model.batcher.max_batch_size,
                 "max_delay_ms": settings.max_delay_ms,
                 "queue_size": settings.queue_size,
                 "deadline_ms": settings.deadline_ms,

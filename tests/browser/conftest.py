@@ -53,7 +53,8 @@ def run_server(workdir: Path, **settings: str) -> Iterator[Server]:
         "max_side": 256,  # the test scenes are smaller; fewer bucket shapes to warm up
         "bucket": 64,
         "max_batch_size": 2,  # one page, one image at a time: a small warm-up batch
-        "ort_intra_op_threads": 2,
+        "instances": 1,
+        "threads_per_instance": 2,
         "log_format": "text",
         **settings,
     }

@@ -41,6 +41,8 @@ class FakeBackend:
     name: str = "fake"
     provider: str = "FakeExecutionProvider"
     precision: str = "fp32"
+    instances: int = 1
+    selection: dict[str, object] = field(default_factory=dict)
     metadata: ModelMetadata = field(default_factory=lambda: ModelMetadata(name="fake", width=1 / 32))
     batches: list[int] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
