@@ -82,10 +82,11 @@ def depthwise_upsampler(layer: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
     return grouped
 
 
-def export_friendly(model: FCNBase) -> tuple[FCNBase, list[str]]:
+def export_friendly(model: FCNBase, *, group_upsampling: bool = True) -> tuple[FCNBase, list[str]]:
     """An equivalent copy of ``model`` for export, and the names of the upsamplers made depthwise.
 
-    Upsamplers with off-diagonal weights (e.g. learned ones) are kept dense.
+    Upsamplers with off-diagonal weights (e.g. learned ones) are kept dense, and all of them with
+    ``group_upsampling=False`` (for measuring what the grouped form saves).
     """
     pool = model.pool
     if not (
@@ -99,7 +100,7 @@ def export_friendly(model: FCNBase) -> tuple[FCNBase, list[str]]:
     friendly = copy.deepcopy(model).eval()
     friendly.pool = CeilMaxPool2x2()  # type: ignore[assignment]
     grouped: list[str] = []
-    for name in model.upsampling_layers:
+    for name in model.upsampling_layers if group_upsampling else ():
         layer = getattr(friendly, name)
         if layer.groups == 1 and layer.bias is None and is_diagonal(layer.weight):
             setattr(friendly, name, depthwise_upsampler(layer))
@@ -129,10 +130,15 @@ class DeployableFCN(nn.Module):
 
 
 def deployable_graph(
-    model: FCNBase, metadata: ModelMetadata, *, scores: bool = False, friendly: bool = True
+    model: FCNBase,
+    metadata: ModelMetadata,
+    *,
+    scores: bool = False,
+    friendly: bool = True,
+    group_upsampling: bool = True,
 ) -> DeployableFCN:
     """The deployable graph of a model; ``friendly`` uses :func:`export_friendly`'s equivalent layers."""
     if metadata.num_classes != model.num_classes:
         raise ValueError(f"metadata names {metadata.num_classes} classes, the model has {model.num_classes}")
-    network = export_friendly(model)[0] if friendly else model
+    network = export_friendly(model, group_upsampling=group_upsampling)[0] if friendly else model
     return DeployableFCN(network, metadata.normalization, scores=scores).eval()

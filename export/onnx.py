@@ -217,13 +217,14 @@ def export_onnx(
     scores: bool = False,
     opset: int = MIN_OPSET,
     shapes: Sequence[tuple[int, int, int]] = CHECK_SHAPES,
+    group_upsampling: bool = True,
 ) -> list[SizeCheck]:
     """Export, check (``onnx.checker`` full check), verify on ``shapes`` and only then write ``out``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     metadata = replace(metadata, geometry=model.geometry())
-    graph = deployable_graph(model, metadata, scores=scores)
+    graph = deployable_graph(model, metadata, scores=scores, group_upsampling=group_upsampling)
     classes = metadata.num_classes
     log(f"tracing {metadata.architecture} (width {metadata.width}, {classes} classes), opset {opset}")
     start = time.perf_counter()
@@ -261,6 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scores", action="store_true", help="also output float scores [N, C, H, W]")
     parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
     parser.add_argument(
+        "--dense-upsampling",
+        action="store_true",
+        help="keep per-class (diagonal) upsamplers dense instead of grouped (only to measure the difference)",
+    )
+    parser.add_argument(
         "--check-shapes", type=parse_shape, nargs="+", default=list(CHECK_SHAPES), metavar="NxHxW",
         help="verification input shapes (default: %(default)s)",
     )  # fmt: skip
@@ -273,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, metadata = load_checkpoint(args.checkpoint, args.architecture)
         checks = export_onnx(
             model, metadata, args.out, source_sha256=file_sha256(args.checkpoint), scores=args.scores,
-            opset=args.opset, shapes=args.check_shapes,
+            opset=args.opset, shapes=args.check_shapes, group_upsampling=not args.dense_upsampling,
         )  # fmt: skip
     except (VerificationError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"export failed: {error}", file=sys.stderr)
