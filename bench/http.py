@@ -38,6 +38,7 @@ import numpy as np
 
 from bench.images import encoded_photographs, load_photographs
 from bench.machine import describe_machine, machine_slug, usable_cores
+from bench.prometheus import parse_samples
 from bench.stats import percentiles
 from common.contract import INPUT_NAME
 from common.geometry import ServingGeometry
@@ -92,17 +93,8 @@ class Level:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """The un-labelled samples of a Prometheus text exposition (``name value`` lines), e.g. histogram sums."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#") or "{" in line:
-            continue
-        name, _, value = line.partition(" ")
-        try:
-            values[name] = float(value.split()[0])
-        except (ValueError, IndexError):
-            continue
-    return values
+    """The samples of a Prometheus text exposition summed over model versions (e.g. histogram sums)."""
+    return parse_samples(text)
 
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:

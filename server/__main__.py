@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -20,10 +21,11 @@ from pydantic import ValidationError
 
 from server.app import create_app
 from server.backends.base import Backend, BackendError
-from server.backends.select import load_backend
-from server.lifecycle import BackendLoader, Service
+from server.backends.select import BackendLoader, load_backend
+from server.lifecycle import Service, repository_of
 from server.logs import configure_logging
 from server.protocol import head_timeout_protocol
+from server.repository import RepositoryError
 from server.settings import Settings
 
 log = logging.getLogger("server")
@@ -78,17 +80,30 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def preload(settings: Settings, backend_loader: BackendLoader) -> BackendLoader:
+    """Load every start-up model now (a bad file ends the process before the port opens); the returned
+    loader hands these backends out once, then loads as ``backend_loader`` does."""
+    loaded: dict[Path, Backend] = {}
+    for target in repository_of(settings).latest():
+        loaded[target.path] = backend_loader(settings.model_copy(update={"model": target.path}))
+
+    def loader(wanted: Settings) -> Backend:
+        return loaded.pop(wanted.model, None) or backend_loader(wanted)
+
+    return loader
+
+
 def serve(settings: Settings, backend_loader: BackendLoader = load_backend) -> int:
-    """Load the model, serve until a signal, drain; returns the process exit code."""
+    """Load the models, serve until a signal, drain; returns the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
     log.info("settings", extra={"settings": settings.public_dict()})
     try:
-        backend: Backend = backend_loader(settings)
-    except BackendError as exc:
+        loader = preload(settings, backend_loader)
+    except (BackendError, RepositoryError) as exc:
         log.error("cannot start: %s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, backend_loader=lambda _: backend)
+    app = create_app(settings, backend_loader=loader)
     service: Service = app.state.service
     config = uvicorn.Config(
         app,

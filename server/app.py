@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from server.backends.select import load_backend
+from server.backends.select import BackendLoader, load_backend
 from server.errors import install_handlers
-from server.lifecycle import BackendLoader, Service, lifespan
+from server.lifecycle import Service, lifespan
 from server.metrics import Metrics
 from server.middleware import HeaderLimitMiddleware, RequestIdMiddleware
 from server.routes import health, info, segment, web
@@ -23,7 +23,7 @@ def create_app(settings: Settings, backend_loader: BackendLoader = load_backend)
     """Build the service. ``backend_loader(settings) -> Backend`` is called once at start-up (in a worker
     thread); pass your own to serve a test double or a preloaded backend (``lambda _: backend``).
     """
-    service = Service(settings=settings, metrics=Metrics(settings.max_batch_size))
+    service = Service(settings=settings, metrics=Metrics())
     app = FastAPI(
         title="FCN semantic segmentation",
         version="1.0",

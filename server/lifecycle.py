@@ -13,16 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
-from server.backends.base import Backend
+from server.backends.select import BackendLoader
 from server.metrics import Metrics
-from server.served import ServedModel
+from server.registry import LoadError, ModelRegistry
+from server.repository import Repository
 from server.settings import Settings
 
 log = logging.getLogger("server")
 
-BackendLoader = Callable[[Settings], Backend]
+
+def repository_of(settings: Settings) -> Repository:
+    """The repository ``FCN_MODEL_REPOSITORY`` names, else a one-model repository of ``FCN_MODEL``."""
+    if settings.model_repository is not None:
+        return Repository(root=settings.model_repository)
+    return Repository.single_file(settings.model)
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Service:
 
     settings: Settings
     metrics: Metrics
-    model: ServedModel | None = None
+    registry: ModelRegistry | None = None
     ready: bool = False
     draining: bool = False
     fatal: str | None = None
@@ -45,9 +50,9 @@ class Service:
             return "server is shutting down"
         if self.fatal:
             return self.fatal
-        if not self.ready or self.model is None:
+        if not self.ready or self.registry is None:
             return "model is loading and warming up"
-        busy = self.model.batcher.busy_since
+        busy = self.registry.busy_since()
         if busy is not None and time.monotonic() - busy > self.settings.stall_timeout_s:
             return f"backend stalled: a batch has run for {time.monotonic() - busy:.0f} s"
         return None
@@ -58,8 +63,8 @@ class Service:
 
     async def abort(self) -> None:
         """Answer every queued and running request now with 503 (the drain timeout has passed)."""
-        if self.model is not None:
-            await self.model.batcher.stop()
+        if self.registry is not None:
+            await self.registry.stop()
         end = time.monotonic() + 1.0
         while self.inflight > 0 and time.monotonic() < end:
             await asyncio.sleep(0.01)
@@ -74,46 +79,42 @@ class Service:
 
 
 def lifespan(service: Service, backend_loader: BackendLoader) -> Callable[[FastAPI], AsyncIterator[None]]:
-    """The app's lifespan: load the backend (in a worker thread), start serving it, warm up in the
-    background (readiness turns 200 after), and on shutdown stop the batcher and free the backend."""
+    """The app's lifespan: load the latest version of every model in the repository and warm them up in
+    the background (readiness turns 200 after), and on shutdown stop every batcher and free the backends."""
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         settings = service.settings
-        backend = await run_in_threadpool(backend_loader, settings)
         threads = settings.codec_threads or min(4, os.cpu_count() or 1)
         service.codec_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codec")
-        service.model = ServedModel.start(backend, settings, service.metrics)
-        log.info(
-            "model loaded",
-            extra={"model": backend.metadata.name, "backend": backend.name, "provider": backend.provider},
-        )
-        warm = asyncio.create_task(_warm_up(service))
+        service.registry = ModelRegistry(settings, service.metrics, repository_of(settings), backend_loader)
+        warm = asyncio.create_task(_load_all(service))
         try:
             yield
         finally:
             warm.cancel()
-            await service.model.stop()
+            await service.registry.stop()
             service.codec_pool.shutdown(wait=False, cancel_futures=True)
 
     return run  # type: ignore[return-value]
 
 
-async def _warm_up(service: Service) -> None:
-    """Warm the model up (if configured), then report ready. A failure marks the service fatal (readiness
-    stays 503 and ``python -m server`` exits 1)."""
-    assert service.model is not None
+async def _load_all(service: Service) -> None:
+    """Load and warm up the latest version of every model, then report ready. A failure marks the service
+    fatal (readiness stays 503 and ``python -m server`` exits 1)."""
+    registry = service.registry
+    assert registry is not None
     try:
-        await service.model.choose_batch_cap(service.settings)
-        if service.settings.warmup:
-            await service.model.warm_up()
-        log.info("execution", extra={"execution": service.model.execution()})
+        for target in registry.repository.latest():
+            await registry.load(target.name, target.version)
+        registry.get()  # the default model must be among them
         service.ready = True
-        log.info("ready")
+        log.info("ready", extra={"models": [f"{m.name}:{m.version}" for m in registry.loaded()]})
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        service.fatal = f"warm-up failed: {type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, LoadError) else f"{type(exc).__name__}: {exc}"
+        service.fatal = f"warm-up failed: {reason}"
         log.error(service.fatal)
         if service.on_fatal is not None:
             service.on_fatal()

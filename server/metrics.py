@@ -1,18 +1,51 @@
-"""Prometheus metrics of the service, in a registry owned by one app instance."""
+"""Prometheus metrics of the service, in a registry owned by one app instance.
+
+Everything about one model version (queue, batches, inference, stages) carries ``model`` and ``version``
+labels; :meth:`Metrics.for_model` binds them, and :meth:`Metrics.forget` drops a version's series when it
+is unloaded.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 FAILURE_REASONS: tuple[str, ...] = ("rejected", "expired", "cancelled", "bad_input", "backend")
 STAGES: tuple[str, ...] = ("receive", "decode", "resize", "pad", "queue", "infer", "crop", "encode")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MODEL_LABELS = ("model", "version")
+
+
+@dataclass(frozen=True)
+class _BoundStages:
+    """``fcn_stage_seconds`` with the model labels filled in: ``.labels(stage)``."""
+
+    family: Histogram
+    model_labels: tuple[str, str]
+
+    def labels(self, stage: str) -> Histogram:
+        return self.family.labels(*self.model_labels, stage)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The series of one model version (what the batcher and the request path of that model update)."""
+
+    queue_depth: Gauge
+    queue_seconds: Histogram
+    inference_seconds: Histogram
+    batch_size: Histogram
+    images: Counter
+    stages: _BoundStages
+    """``fcn_stage_seconds`` with the model's labels bound; ``.labels(stage)`` gives one stage's series."""
 
 
 class Metrics:
-    """Request, queue, inference, decode and encode times; batch sizes; queue depth; failures by reason."""
+    """Request times and outcomes; per model version: queue, batches, inference and per-stage times."""
 
-    def __init__(self, max_batch_size: int) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.request_seconds = Histogram(
@@ -24,11 +57,16 @@ class Metrics:
         self.queue_seconds = Histogram(
             "fcn_queue_seconds",
             "Time an image waited in the batcher queue",
+            MODEL_LABELS,
             registry=reg,
             buckets=_LATENCY_BUCKETS,
         )
         self.inference_seconds = Histogram(
-            "fcn_inference_seconds", "Backend time of one batch", registry=reg, buckets=_LATENCY_BUCKETS
+            "fcn_inference_seconds",
+            "Backend time of one batch",
+            MODEL_LABELS,
+            registry=reg,
+            buckets=_LATENCY_BUCKETS,
         )
         self.decode_seconds = Histogram(
             "fcn_decode_seconds", "Image decode + resize + pad time", registry=reg, buckets=_LATENCY_BUCKETS
@@ -39,33 +77,63 @@ class Metrics:
             registry=reg,
             buckets=_LATENCY_BUCKETS,
         )
-        batch_buckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch_size})
         self.batch_size = Histogram(
-            "fcn_batch_size",
-            "Images per forward pass",
-            registry=reg,
-            buckets=[b for b in batch_buckets if b <= max_batch_size],
+            "fcn_batch_size", "Images per forward pass", MODEL_LABELS, registry=reg, buckets=_BATCH_BUCKETS
         )
-        self.queue_depth = Gauge("fcn_queue_depth", "Images waiting for the model", registry=reg)
+        self.queue_depth = Gauge(
+            "fcn_queue_depth", "Images waiting for the model", MODEL_LABELS, registry=reg
+        )
         self.requests = Counter(
-            "fcn_requests", "Finished /segment requests by status code", ["status"], registry=reg
+            "fcn_requests",
+            "Finished inference requests by status code and model version ('' before a model was chosen)",
+            ["status", *MODEL_LABELS],
+            registry=reg,
         )
         self.failures = Counter(
-            "fcn_failures", "Failed /segment requests by reason", ["reason"], registry=reg
+            "fcn_failures", "Failed inference requests by reason", ["reason"], registry=reg
         )
         for reason in FAILURE_REASONS:
             self.failures.labels(reason)
-        self.images = Counter("fcn_inference_images", "Images that reached the model", registry=reg)
+        self.images = Counter(
+            "fcn_inference_images", "Images that reached the model", MODEL_LABELS, registry=reg
+        )
         self.stage_seconds = Histogram(
             "fcn_stage_seconds",
             "Per-request time of each request stage: thread CPU seconds of decode, resize, pad, crop, encode "
             "(codec threads); wall seconds of receive (body upload), queue and infer (the request's batch)",
-            ["stage"],
+            [*MODEL_LABELS, "stage"],
             registry=reg,
             buckets=_LATENCY_BUCKETS,
         )
+
+    def for_model(self, name: str, version: int) -> ModelMetrics:
+        """The series of model ``name`` version ``version`` (created at zero)."""
+        labels = (name, str(version))
+        stages = self.stage_seconds
         for stage in STAGES:
-            self.stage_seconds.labels(stage)
+            stages.labels(*labels, stage)
+        return ModelMetrics(
+            queue_depth=self.queue_depth.labels(*labels),
+            queue_seconds=self.queue_seconds.labels(*labels),
+            inference_seconds=self.inference_seconds.labels(*labels),
+            batch_size=self.batch_size.labels(*labels),
+            images=self.images.labels(*labels),
+            stages=_BoundStages(stages, labels),
+        )
+
+    def forget(self, name: str, version: int) -> None:
+        """Drop the series of an unloaded model version."""
+        labels = (name, str(version))
+        for metric in (
+            self.queue_depth,
+            self.queue_seconds,
+            self.inference_seconds,
+            self.batch_size,
+            self.images,
+        ):
+            metric.remove(*labels)
+        for stage in STAGES:
+            self.stage_seconds.remove(*labels, stage)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

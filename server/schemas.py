@@ -70,6 +70,7 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         for code, text in {
             400: "undecodable or truncated image",
             401: "missing or wrong API key",
+            404: "no such model or version is loaded",
             408: "the body did not arrive within the deadline",
             413: "body over the byte limit or image over the pixel limit",
             415: "unsupported content type or image format",

@@ -16,7 +16,7 @@ from common.metadata import ModelMetadata
 from server import tuning
 from server.backends.base import Backend
 from server.batcher import Batcher
-from server.metrics import Metrics
+from server.metrics import Metrics, ModelMetrics
 from server.settings import Settings
 
 log = logging.getLogger("server")
@@ -27,33 +27,45 @@ GPU_PROVIDERS = ("TensorRT", "CUDAExecutionProvider")
 class ServedModel:
     """Everything needed to turn a padded image into labels with one model."""
 
+    name: str
+    version: int
     backend: Backend
     geometry: ServingGeometry
     batcher: Batcher
     pad_colour: Color
+    metrics: ModelMetrics
     batching: dict[str, Any] = field(default_factory=dict)
     """How ``max_batch_size`` was chosen (``settings``, ``device`` or ``measurement``) and the per-image
     times behind a measured cap."""
 
+    inflight: int = 0
+    """Requests holding this version (admitted, not yet answered): an unload waits for zero."""
+
     @classmethod
-    def start(cls, backend: Backend, settings: Settings, metrics: Metrics) -> ServedModel:
+    def start(
+        cls, name: str, version: int, backend: Backend, settings: Settings, metrics: Metrics
+    ) -> ServedModel:
         """Serve ``backend`` with the geometry its metadata and ``settings`` imply; starts the batcher with
         one worker thread per backend instance."""
         meta = backend.metadata
+        model_metrics = metrics.for_model(name, version)
         batcher = Batcher(
             backend.run,
             max_batch_size=settings.max_batch_size,
             max_delay_s=settings.max_delay_ms / 1000,
             queue_size=settings.queue_size,
-            metrics=metrics,
+            metrics=model_metrics,
             instances=backend.instances,
         )
         batcher.start()
         return cls(
+            name=name,
+            version=version,
             backend=backend,
             geometry=ServingGeometry(meta.geometry, settings.max_side, settings.bucket),
             batcher=batcher,
             pad_colour=meta.normalization.neutral_rgb(),
+            metrics=model_metrics,
         )
 
     @property
@@ -63,6 +75,8 @@ class ServedModel:
     def execution(self) -> dict[str, Any]:
         """Backend, instances, batch cap and the measurements behind them (for ``/v1/model`` and the log)."""
         return {
+            "model": self.name,
+            "version": self.version,
             "backend": self.backend.name,
             "provider": self.backend.provider,
             "instances": self.batcher.instances,
@@ -112,6 +126,13 @@ class ServedModel:
                 log.info("warm-up %d/%d shapes", index, len(shapes))
         seconds = round(time.perf_counter() - start, 2)
         log.info("warm-up done", extra={"shapes": len(shapes), "seconds": seconds})
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` until no request holds this version; True if none does."""
+        end = time.monotonic() + timeout_s
+        while self.inflight > 0 and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        return self.inflight == 0
 
     async def stop(self) -> None:
         """Stop the batcher (queued requests get ShuttingDownError) and release the backend."""

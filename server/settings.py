@@ -19,7 +19,20 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FCN_", extra="forbid", frozen=True)
 
-    model: Path = Field(DEFAULT_MODEL, description="model file: .onnx (ONNX Runtime) or .plan (TensorRT)")
+    model: Path = Field(
+        DEFAULT_MODEL,
+        description="model file served as a one-model repository: .onnx (ONNX Runtime / OpenVINO) or .plan "
+        "(TensorRT); ignored when model_repository is set",
+    )
+    model_repository: Path | None = Field(
+        None,
+        description="folder of models in Triton's layout <model>/<version>/model.onnx|model.plan; the latest "
+        "version of each is served",
+    )
+    default_model: str | None = Field(
+        None,
+        description="model answering requests that name none (default: the first name in the repository)",
+    )
     backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field(
         "auto",
         description="auto = TensorRT if a compatible engine and a GPU exist, else ORT CUDA, else the faster "
@@ -111,7 +124,7 @@ class Settings(BaseSettings):
 
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "model and backend": ("model", "backend"),
+    "model and backend": ("model", "model_repository", "default_model", "backend"),
     "network": ("host", "port"),
     "batching and queue": (
         "max_batch_size", "max_delay_ms", "queue_size", "queue_full_status", "retry_after_s", "deadline_ms",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 ENGINE_SUFFIXES = (".plan", ".engine")
+BackendLoader = Callable[[Settings], Backend]
+"""Loads the backend of ``settings.model`` (tests pass their own: ``lambda _: backend``)."""
 
 
 @dataclass(frozen=True)

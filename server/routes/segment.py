@@ -14,21 +14,29 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from starlette.types import Receive
 
-from server.batcher import BatchResult, DeadlineError, InferenceError, Job, QueueFullError, ShuttingDownError
 from server.errors import CLIENT_CLOSED, error_response, status_of
 from server.imaging import ImageError
+from server.inference import Failure, infer
 from server.lifecycle import Service
 from server.negotiation import choose_format
 from server.pipeline import MEDIA_TYPES, OutputFormat, finish, prepare
+from server.registry import UnknownModel
 from server.routes.deps import ServiceDep, require_key
 from server.schemas import SEGMENT_REQUEST, SEGMENT_RESPONSES
+from server.served import ServedModel
 from server.upload import BodyLimits, ClientGone, UploadError, read_image_bytes
 
 log = logging.getLogger("server")
 
-TIMING_HEADERS = ("X-Request-ID", "X-Model", "X-Batch-Size", "X-Queue-Ms", "X-Inference-Ms")
+TIMING_HEADERS = (
+    "X-Request-ID",
+    "X-Model",
+    "X-Model-Version",
+    "X-Batch-Size",
+    "X-Queue-Ms",
+    "X-Inference-Ms",
+)
 """Headers the web page reads (CORS exposes them)."""
 
 router = APIRouter(tags=["segment"])
@@ -47,32 +55,43 @@ async def segment(
     format: Annotated[
         OutputFormat | None, Query(description="png or json; default from Accept, else png")
     ] = None,
+    model: Annotated[
+        str | None, Query(description="model name (default: the server's default model)")
+    ] = None,
+    version: Annotated[
+        int | None, Query(ge=1, description="model version (default: the serving one)")
+    ] = None,
 ) -> Response:
     """Segment one image: multipart field ``image`` or a raw ``image/*`` body."""
     started = time.perf_counter()
+    labels = ("", "")
     if service.draining:
         response = error_response(
             503, "server is shutting down; retry elsewhere", {"Connection": "close", "Retry-After": "1"}
         )
-    elif not service.ready:
+    elif not service.ready or service.registry is None:
         response = error_response(503, "model is not ready yet (loading or warming up)", {"Retry-After": "1"})
     else:
         service.inflight += 1
         try:
-            response = await _segment(service, request, format)
+            with service.registry.hold(model, version) as served:
+                labels = (served.name, str(served.version))
+                response = await _segment(service, served, request, format)
+        except UnknownModel as exc:
+            response = error_response(404, str(exc))
         finally:
             service.inflight -= 1
-    service.metrics.requests.labels(str(response.status_code)).inc()
+    service.metrics.requests.labels(str(response.status_code), *labels).inc()
     service.metrics.request_seconds.observe(time.perf_counter() - started)
     return response
 
 
-async def _segment(service: Service, request: Request, query_format: OutputFormat | None) -> Response:
-    settings, metrics, model = service.settings, service.metrics, service.model
-    stages = metrics.stage_seconds
-    assert model is not None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.deadline_ms / 1000
+async def _segment(
+    service: Service, model: ServedModel, request: Request, query_format: OutputFormat | None
+) -> Response:
+    settings, metrics = service.settings, service.metrics
+    stages = model.metrics.stages
+    deadline = asyncio.get_running_loop().time() + settings.deadline_ms / 1000
     fmt = choose_format(query_format, request.headers.get("accept"))
     limits = BodyLimits(settings.max_body_bytes, settings.max_form_parts, settings.deadline_ms / 1000)
     try:
@@ -93,17 +112,9 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
         metrics.failures.labels("bad_input").inc()
         return error_response(status_of(exc), exc.detail)
     try:
-        job = model.batcher.submit(prepared.padded, deadline)
-    except QueueFullError:
-        metrics.failures.labels("rejected").inc()
-        return error_response(
-            settings.queue_full_status,
-            f"queue full ({model.batcher.depth} images waiting); retry after {settings.retry_after_s} s",
-            {"Retry-After": str(settings.retry_after_s)},
-        )
-    outcome = await _await_result(service, job, request.receive, deadline)
-    if isinstance(outcome, Response):
-        return outcome
+        (outcome,) = await infer(model, [prepared.padded], deadline, request.receive, settings, metrics)
+    except Failure as failure:
+        return error_response(failure.status, failure.detail, failure.headers)
     stages.labels("queue").observe(outcome.queue_s)
     stages.labels("infer").observe(outcome.inference_s)
     start = time.perf_counter()
@@ -112,62 +123,11 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
     for stage, seconds in finished.cpu_s.items():
         stages.labels(stage).observe(seconds)
     headers = {
-        "X-Model": model.metadata.name.encode("ascii", "replace").decode(),
+        "X-Model": model.name.encode("ascii", "replace").decode(),
+        "X-Model-Version": str(model.version),
         "X-Batch-Size": str(outcome.batch_size),
         "X-Queue-Ms": f"{outcome.queue_s * 1000:.2f}",
         "X-Inference-Ms": f"{outcome.inference_s * 1000:.2f}",
         "Vary": "Accept",
     }
     return Response(finished.body, media_type=MEDIA_TYPES[fmt], headers=headers)
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    """Return when the client closes the connection (the body has been read already)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _await_result(
-    service: Service, job: Job, receive: Receive, deadline: float
-) -> BatchResult | Response:
-    """The job's result, or the error response for expiry, disconnection, backend failure or shutdown."""
-    assert service.model is not None
-    batcher, failures = service.model.batcher, service.metrics.failures
-    loop = asyncio.get_running_loop()
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
-    try:
-        done, _ = await asyncio.wait(
-            {job.future, watcher},
-            timeout=max(0.0, deadline - loop.time()),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-    finally:
-        watcher.cancel()
-    if job.future in done and not job.future.cancelled():
-        try:
-            return job.future.result()
-        except DeadlineError:
-            pass
-        except InferenceError as exc:
-            failures.labels("backend").inc()
-            log.error("inference failed", extra={"cause": exc.cause})
-            return error_response(
-                status_of(exc),
-                f"inference failed on this request's batch ({exc.cause}); other requests are unaffected",
-            )
-        except ShuttingDownError as exc:
-            return error_response(
-                status_of(exc), "server is shutting down; retry elsewhere", {"Connection": "close"}
-            )
-    elif watcher in done:
-        before_compute = batcher.discard(job)
-        failures.labels("cancelled").inc()
-        log.info("client disconnected", extra={"dropped_before_compute": before_compute})
-        return error_response(CLIENT_CLOSED, "client closed the request")
-    batcher.discard(job)
-    failures.labels("expired").inc()
-    where = "during inference" if job.started else "while queued"
-    return error_response(
-        status_of(DeadlineError()),
-        f"deadline of {service.settings.deadline_ms:g} ms passed {where}; retry later",
-    )

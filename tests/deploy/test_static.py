@@ -156,7 +156,7 @@ def test_k8s_gpu_probes_and_hpa_metric():
     metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
     from server.metrics import Metrics
 
-    exported = {m.name for m in Metrics(max_batch_size=8).registry.collect()}
+    exported = {m.name for m in Metrics().registry.collect()}
     assert metric in exported
     unknown = set(kinds["ConfigMap"]["data"]) - SETTING_VARS
     assert not unknown, unknown

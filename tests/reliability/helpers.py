@@ -11,6 +11,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench.prometheus import parse_samples
+
 from .serverproc import REPO_ROOT
 
 LEAK_PATTERNS = ("Traceback", 'File "', str(REPO_ROOT), "site-packages", '.py"', ".py:", "/usr/", "/tmp/")
@@ -50,14 +52,8 @@ def label_map(response: httpx.Response) -> np.ndarray:
 
 
 def metrics(url: str, client: httpx.Client | None = None) -> dict[str, float]:
-    """The server's Prometheus samples as ``{'name{labels}': value}``."""
-    text = (client or httpx).get(url + "/metrics", timeout=10).text
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
+    """The server's Prometheus samples as ``{'name{labels}': value}``, summed over model versions."""
+    return parse_samples((client or httpx).get(url + "/metrics", timeout=10).text)
 
 
 def failures(samples: dict[str, float], reason: str) -> float:

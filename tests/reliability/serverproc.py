@@ -13,7 +13,7 @@ from .fakes import FAKE_ENV, FakeSpec
 __all__ = ["FAKE_BASE", "REPO_ROOT", "ServerProcess", "fake_server", "running_server", "spawn"]
 
 FAKE_BASE: dict[str, object] = {
-    "model": "unused-by-the-fake.onnx",
+    "model": "fake.onnx",
     "max_side": 128,
     "bucket": 64,
     "max_body_bytes": 300_000,

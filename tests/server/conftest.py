@@ -62,7 +62,7 @@ FAKE_SETTINGS: dict[str, object] = {
     "max_body_bytes": 300_000,
     "max_pixels": 1_000_000,
     "deadline_ms": 5000,
-    "model": "unused.onnx",
+    "model": "fake.onnx",
 }
 
 
@@ -109,7 +109,14 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def onnx_server(tmp_path_factory: pytest.TempPathFactory, onnx_model: Path) -> Iterator[ServerProcess]:
     """``python -m server`` on the ONNX model of ``onnx_model`` (ONNX Runtime CPU, small max_side)."""
     tmp = tmp_path_factory.mktemp("onnx-server")
-    settings = {"model": onnx_model, "max_side": 128, "bucket": 32, "max_batch_size": 4, "max_delay_ms": 50}
+    settings = {
+        "model": onnx_model,
+        "backend": "onnxruntime",
+        "max_side": 128,
+        "bucket": 32,
+        "max_batch_size": 4,
+        "max_delay_ms": 50,
+    }
     with running(tmp, settings) as server:
         yield server
 

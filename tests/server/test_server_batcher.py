@@ -39,7 +39,7 @@ def _run(coro):  # type: ignore[no-untyped-def]
 
 def _batcher(backend: Recorder, **kwargs: object) -> Batcher:
     options = {"max_batch_size": 4, "max_delay_s": 0.05, "queue_size": 8, **kwargs}
-    return Batcher(backend.run, metrics=Metrics(4), **options)  # type: ignore[arg-type]
+    return Batcher(backend.run, metrics=Metrics().for_model("test", 1), **options)  # type: ignore[arg-type]
 
 
 def test_batches_group_by_shape_and_return_each_image_its_own_labels() -> None:

@@ -146,7 +146,14 @@ def test_two_instances_run_two_batches_at_once() -> None:
         return images[..., 0]
 
     async def scenario() -> list[int]:
-        batcher = Batcher(run, max_batch_size=4, max_delay_s=0, queue_size=8, metrics=Metrics(4), instances=2)
+        batcher = Batcher(
+            run,
+            max_batch_size=4,
+            max_delay_s=0,
+            queue_size=8,
+            metrics=Metrics().for_model("test", 1),
+            instances=2,
+        )
         batcher.start()
         far = asyncio.get_running_loop().time() + 30
         jobs = [batcher.submit(np.full((32, 32, 3), 1, np.uint8), far)]

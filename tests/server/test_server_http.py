@@ -226,7 +226,7 @@ def test_queue_full_and_deadline(tmp_path) -> None:  # type: ignore[no-untyped-d
         assert 'fcn_failures_total{reason="expired"} 2.0' in metrics
         assert 'fcn_failures_total{reason="rejected"} 1.0' in metrics
         # the queued request never reached the model: only warm-up-free traffic counted (slow image only)
-        assert "fcn_inference_images_total 1.0" in metrics
+        assert 'fcn_inference_images_total{model="fake",version="1"} 1.0' in metrics
         assert post(srv, png_bytes(random_image(32, 32, seed=16))).status_code == 200
 
         def trickle() -> Iterator[bytes]:

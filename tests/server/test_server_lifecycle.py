@@ -76,7 +76,9 @@ def test_disconnected_client_is_dropped_before_compute(tmp_path: Path) -> None:
         time.sleep(0.2)
         metrics = httpx.get(server.url + "/metrics").text
         assert 'fcn_failures_total{reason="cancelled"} 1.0' in metrics
-        assert "fcn_inference_images_total 1.0" in metrics, "the abandoned image must not reach the model"
+        assert 'fcn_inference_images_total{model="fake",version="1"} 1.0' in metrics, (
+            "the abandoned image must not reach the model"
+        )
 
 
 def test_bad_model_file_exits_with_one_clear_line(tmp_path: Path) -> None:
@@ -100,7 +102,7 @@ def test_failed_warm_up_exits_non_zero_without_ever_being_ready(tmp_path: Path) 
     finally:
         server.stop()
     errors = [line for line in server.log().splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "warm-up failed: InjectedFault" in errors[0], server.log()
+    assert len(errors) == 1 and "failed its warm-up: InjectedFault" in errors[0], server.log()
 
 
 def test_sigterm_with_a_hung_batch_answers_503_and_exits_after_the_drain_timeout(tmp_path: Path) -> None:
