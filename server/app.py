@@ -15,7 +15,7 @@ from server.errors import install_handlers
 from server.lifecycle import Service, lifespan
 from server.metrics import Metrics
 from server.middleware import HeaderLimitMiddleware, RequestIdMiddleware
-from server.routes import health, info, segment, web
+from server.routes import health, info, segment, v2, web
 from server.settings import Settings
 
 
@@ -44,5 +44,6 @@ def create_app(settings: Settings, backend_loader: BackendLoader = load_backend)
     install_handlers(app)
     for module in (health, info, segment, web):
         app.include_router(module.router)
+    v2.install(app)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR, check_dir=False), name="static")
     return app

@@ -37,16 +37,36 @@ def prepare(
     data: bytes, geometry: ServingGeometry, pad_colour: tuple[int, int, int], max_pixels: int
 ) -> Prepared:
     """Decode (limits, EXIF, RGB), resize to the inference size and pad to the bucket."""
-    clock = time.thread_time
-    start = clock()
+    start = time.thread_time()
     rgb, original = decode_for_inference(data, max_pixels, geometry.max_side)
+    return _fit(rgb, original, geometry, pad_colour, {"decode": time.thread_time() - start})
+
+
+def prepare_pixels(rgb: np.ndarray, geometry: ServingGeometry, pad_colour: tuple[int, int, int]) -> Prepared:
+    """An already decoded uint8 ``[H, W, 3]`` image, resized to the inference size and padded."""
+    return _fit(rgb, (rgb.shape[0], rgb.shape[1]), geometry, pad_colour, {"decode": 0.0})
+
+
+def _fit(
+    rgb: np.ndarray,
+    original: Shape,
+    geometry: ServingGeometry,
+    pad_colour: tuple[int, int, int],
+    cpu: dict[str, float],
+) -> Prepared:
+    clock = time.thread_time
     decoded = clock()
     size = geometry.inference_size(*original)
     small = resize_rgb(rgb, size)
     resized = clock()
     padded = geometry.pad(small, pad_colour)
-    cpu = {"decode": decoded - start, "resize": resized - decoded, "pad": clock() - resized}
+    cpu |= {"resize": resized - decoded, "pad": clock() - resized}
     return Prepared(padded, size, original, cpu)
+
+
+def labels_at_upload_size(labels: np.ndarray, prepared: Prepared) -> np.ndarray:
+    """Crop the bucket's labels and resize them to the upload's size."""
+    return resize_labels(ServingGeometry.crop(labels, prepared.size), prepared.original)
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,7 @@ class Finished:
 def finish(labels: np.ndarray, prepared: Prepared, fmt: OutputFormat, meta: ModelMetadata) -> Finished:
     """Crop the bucket's labels, resize them to the upload's size and encode a label PNG or RLE JSON."""
     start = time.thread_time()
-    full = resize_labels(ServingGeometry.crop(labels, prepared.size), prepared.original)
+    full = labels_at_upload_size(labels, prepared)
     cropped = time.thread_time()
     body = encode(full, fmt, meta)
     return Finished(body, {"crop": cropped - start, "encode": time.thread_time() - cropped})

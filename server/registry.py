@@ -20,7 +20,7 @@ from typing import Any
 from server.backends.base import BackendError
 from server.backends.select import BackendLoader
 from server.metrics import Metrics
-from server.repository import ModelVersion, Repository, RepositoryError
+from server.repository import InvalidName, ModelVersion, Repository, RepositoryError
 from server.served import ServedModel
 from server.settings import Settings
 
@@ -32,7 +32,7 @@ class UnknownModel(Exception):
 
 
 class LoadError(Exception):
-    """A model version could not be loaded; the serving version, if any, is untouched."""
+    """A model version could not be loaded (or was refused); the serving version, if any, is untouched."""
 
 
 class ModelRegistry:
@@ -90,6 +90,8 @@ class ModelRegistry:
         """Load ``version`` (default: the latest on disk) of ``name``, warm it up, then swap it in."""
         try:
             target = self.repository.resolve(name, version)
+        except InvalidName as exc:
+            raise LoadError(str(exc)) from None
         except RepositoryError as exc:
             raise UnknownModel(str(exc)) from None
         async with self._locks.setdefault(name, asyncio.Lock()):

@@ -18,7 +18,11 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class RepositoryError(Exception):
-    """A model or version that is not in the repository, or a name that could never be."""
+    """A model or version that is not in the repository."""
+
+
+class InvalidName(RepositoryError):
+    """A name that could never be a model folder (a path, ``..``, odd characters)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,6 @@ class Repository:
 def check_name(name: str) -> None:
     """RepositoryError unless ``name`` is a plain folder name (no separators, no ``..``)."""
     if not NAME.match(name) or ".." in name:
-        raise RepositoryError(
+        raise InvalidName(
             f"invalid model name {name!r}: letters, digits, '_', '-' and '.' only, no path separators"
         )

@@ -101,6 +101,20 @@ async def read_image_bytes(request: Request, limits: BodyLimits) -> bytes:
     return data
 
 
+async def read_body(request: Request, limits: BodyLimits) -> bytes:
+    """The whole body of any content type (an inference protocol request), read within ``limits``."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limits.max_bytes:
+        raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limits.max_bytes} bytes")
+    try:
+        async with asyncio.timeout(limits.timeout_s):
+            return await read_limited(request.stream(), limits.max_bytes)
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {limits.timeout_s * 1000:g} ms") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
+
+
 async def _read_multipart(request: Request, limits: BodyLimits) -> bytes:
     parser = MultiPartParser(
         request.headers,
