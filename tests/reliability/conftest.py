@@ -25,7 +25,7 @@ TINY_SETTINGS: dict[str, object] = {
 """The real ``python -m server`` on the tiny ONNX model: small limits so tests can exceed them cheaply."""
 
 DEPLOY_ENV = {"MALLOC_ARENA_MAX": "2"}
-"""The environment the README's Reliability section recommends: glibc otherwise gives each of the
+"""The environment docs/reliability.md recommends: glibc otherwise gives each of the
 server's worker threads its own malloc arena, and RSS climbs for the first ~30 s under load before it
 levels off (about +50% instead of +15%), which a 20 s test cannot tell from a leak."""
 
