@@ -44,6 +44,8 @@ OBJECT_CLASSES: tuple[ObjectClass, ...] = (
 """The object classes the generator draws (background is index 0)."""
 
 SYNTH_CLASS_INDICES: tuple[int, ...] = (0, *(c.index for c in OBJECT_CLASSES))
+HELD_OUT_SEED = 20261125
+"""Seed of held-out evaluation scenes: the demo trains on seed 0 (also used to calibrate), validates on 1."""
 BOUNDARY_WIDTH = 1
 """Pixels on each side of a label change that become void (255)."""
 

@@ -1,15 +1,18 @@
-// The demo page: send an image to POST /segment, draw the label map, its legend and the request's timings.
-// No dependencies and no build step. The label PNG (palette mode, pixel value = class id) is decoded here,
+// The demo page: send an image (chosen, dropped, pasted or a sample scene) to POST /segment with the chosen
+// model, draw the label map, its legend and the request's timings. No dependencies and no build step. The label PNG (palette mode, pixel value = class id) is decoded here,
 // so the class under the pointer and the legend come from the exact ids the API returned.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
+const SAMPLES = "/static/samples/"; // held-out scenes and their index.json (python -m training.samples)
+
 const state = {
-  model: null, // GET /v1/model answer
+  model: null, // GET /v1/model answer for the chosen model
+  infos: new Map(), // "name@version" -> GET /v1/model answer, for the legend of each result
   file: null, // the image being shown
   seq: 0, // guards against an older request finishing after a newer one
-  result: null, // {width, height, labels: Uint8Array, palette: [[r,g,b]…], png: Blob}
+  result: null, // {width, height, labels: Uint8Array, palette: [[r,g,b]…], png: Blob, model, version, info}
   image: null, // ImageBitmap of the input, or null when the browser cannot decode it
   json: null, // Blob of the JSON answer, fetched when first downloaded
 };
@@ -34,30 +37,86 @@ function authHeaders() {
   return key ? { "X-API-Key": key } : {};
 }
 
-async function segment(file, format) {
+/** A query string naming a model (and version); empty when none is named (the server's default). */
+function modelQuery(model, version, sep = "?") {
+  if (!model) return "";
+  return `${sep}model=${encodeURIComponent(model)}${version ? `&version=${encodeURIComponent(version)}` : ""}`;
+}
+
+async function getJson(url) {
+  const response = await fetch(url, { headers: authHeaders() });
+  if (response.status === 401 || response.status === 403) $("auth").open = true;
+  if (!response.ok) throw new Error(await errorMessage(response));
+  return response.json();
+}
+
+async function segment(file, format, model, version) {
   const form = new FormData();
   form.append("image", file, file.name || "image");
-  const response = await fetch(`/segment?format=${format}`, { method: "POST", body: form, headers: authHeaders() });
+  const url = `/segment?format=${format}${modelQuery(model, version, "&")}`;
+  const response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
   if (!response.ok) throw new Error(await errorMessage(response));
   return response;
 }
 
+function chosenModel() {
+  return $("model-select").value || null;
+}
+
+function modelTitle(m) {
+  const title = `${m.model} v${m.version}`;
+  return m.name && m.name !== m.model ? `${title} (${m.name})` : title;
+}
+
+/** GET /v1/model for one model version, fetched once. */
+async function modelInfo(model, version) {
+  const key = `${model}@${version}`;
+  if (!state.infos.has(key)) state.infos.set(key, await getJson(`/v1/model${modelQuery(model, version)}`));
+  return state.infos.get(key);
+}
+
+/** The served models into the selector (shown only when there is a choice), keeping the current choice. */
+function showModels(list) {
+  const select = $("model-select");
+  const keep = select.value;
+  select.replaceChildren();
+  for (const m of list.models) {
+    const option = document.createElement("option");
+    option.value = m.model;
+    option.textContent = modelTitle(m);
+    select.append(option);
+  }
+  const names = list.models.map((m) => m.model);
+  select.value = names.includes(keep) ? keep : list.default;
+  $("model-choice").hidden = list.models.length < 2;
+}
+
 async function loadModel() {
+  state.model = null;
   try {
-    const response = await fetch("/v1/model", { headers: authHeaders() });
-    if (response.status === 401 || response.status === 403) $("auth").open = true;
-    if (!response.ok) throw new Error(await errorMessage(response));
-    state.model = await response.json();
-    const m = state.model;
-    const parts = [m.name, m.backend && `${m.backend}${m.provider ? ` (${m.provider})` : ""}`, m.precision];
+    const m = await getJson(`/v1/model${modelQuery(chosenModel())}`);
+    state.infos.set(`${m.model}@${m.version}`, m);
+    state.model = m;
+    const parts = [modelTitle(m), m.backend && `${m.backend}${m.provider ? ` (${m.provider})` : ""}`, m.precision];
     $("model").textContent = `Model: ${parts.filter(Boolean).join(" · ")}`;
   } catch (err) {
     $("model").textContent = `Model information unavailable: ${err.message}`;
   }
 }
 
+async function loadModels() {
+  try {
+    showModels(await getJson("/v1/models"));
+  } catch (err) {
+    $("model").textContent = `Model information unavailable: ${err.message}`;
+    return;
+  }
+  await loadModel();
+}
+
 function className(id) {
-  const entry = ((state.model && state.model.classes) || []).find((c) => c.id === id);
+  const info = state.result.info || state.model;
+  const entry = ((info && info.classes) || []).find((c) => c.id === id);
   return entry ? entry.name : `class ${id}`;
 }
 
@@ -206,6 +265,7 @@ function drawTimings(response, roundTripMs) {
   const { width, height } = state.result;
   const rows = [
     ["Model", response.headers.get("X-Model")],
+    ["Version", response.headers.get("X-Model-Version")],
     ["Batch size", response.headers.get("X-Batch-Size")],
     ["Queue", response.headers.get("X-Queue-Ms") && `${response.headers.get("X-Queue-Ms")} ms`],
     ["Inference", response.headers.get("X-Inference-Ms") && `${response.headers.get("X-Inference-Ms")} ms`],
@@ -265,12 +325,16 @@ async function submit(file) {
   setBusy(`Segmenting ${file.name || "pasted image"}…`);
   try {
     const started = performance.now();
-    const [response, image] = await Promise.all([segment(file, "png"), decodeInput(file)]);
+    const [response, image] = await Promise.all([segment(file, "png", chosenModel()), decodeInput(file)]);
     const png = await response.blob();
     const roundTrip = performance.now() - started;
     const decoded = await decodeLabelPng(await png.arrayBuffer());
+    // The class names of the model version that answered (the choice may have changed meanwhile).
+    const model = response.headers.get("X-Model");
+    const version = response.headers.get("X-Model-Version");
+    const info = await modelInfo(model, version).catch(() => null);
     if (seq !== state.seq) return;
-    state.result = { ...decoded, png };
+    state.result = { ...decoded, png, model, version, info };
     state.image = image;
     drawLabels();
     drawOverlay();
@@ -305,11 +369,54 @@ function download(blob, name) {
 
 async function downloadJson() {
   try {
-    if (!state.json) state.json = await (await segment(state.file, "json")).blob();
+    const { model, version } = state.result; // the same model version as the label map shown
+    if (!state.json) state.json = await (await segment(state.file, "json", model, version)).blob();
     download(state.json, `${baseName()}-labels.json`);
   } catch (err) {
     showError(err.message);
   }
+}
+
+async function submitSample(entry) {
+  try {
+    const response = await fetch(SAMPLES + entry.file);
+    if (!response.ok) throw new Error(`${entry.file}: ${response.statusText} (HTTP ${response.status})`);
+    submit(new File([await response.blob()], entry.file, { type: response.headers.get("Content-Type") || "" }));
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+/** One button per shipped sample scene (the section stays hidden when the server has none). */
+async function loadSamples() {
+  let entries;
+  try {
+    const response = await fetch(`${SAMPLES}index.json`);
+    if (!response.ok) return;
+    entries = (await response.json()).samples || [];
+  } catch (_) {
+    return;
+  }
+  const list = $("sample-list");
+  list.replaceChildren();
+  for (const entry of entries) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "sample";
+    button.dataset.file = entry.file;
+    button.setAttribute("aria-label", `Sample scene ${entry.index}: ${entry.classes.join(", ")}`);
+    const thumb = document.createElement("img");
+    thumb.src = SAMPLES + entry.file;
+    thumb.alt = "";
+    thumb.width = entry.width;
+    thumb.height = entry.height;
+    const caption = document.createElement("span");
+    caption.textContent = entry.classes.join(", ");
+    button.append(thumb, caption);
+    button.addEventListener("click", () => submitSample(entry));
+    list.append(button);
+  }
+  $("samples").hidden = entries.length === 0;
 }
 
 function pastedImage(items) {
@@ -325,9 +432,14 @@ function init() {
   $("auth-form").addEventListener("submit", (e) => e.preventDefault());
   $("api-key").addEventListener("change", () => {
     sessionStorage.setItem("fcn-api-key", $("api-key").value.trim());
-    loadModel();
+    loadModels();
   });
-  loadModel();
+  loadModels();
+  loadSamples();
+  $("model-select").addEventListener("change", async () => {
+    await loadModel();
+    if (state.file) submit(state.file); // the image on screen, segmented by the newly chosen model
+  });
   $("file").addEventListener("change", (e) => {
     submit(e.target.files[0]);
     e.target.value = ""; // choosing the same file again still fires "change"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from server.settings import DEFAULT_MODEL
+from tests.browser.helpers import TWO_MODELS, open_page
 from tests.serverproc import REPO_ROOT, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -82,6 +83,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def two_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server on a model repository (``FCN_MODEL_REPOSITORY``) of two models, ``TWO_MODELS``."""
+    _skip_without_model()
+    workdir = tmp_path_factory.mktemp("two-models")
+    model_file = Path(os.environ.get("FCN_MODEL", DEFAULT_MODEL)).resolve()
+    for name, version in TWO_MODELS.items():
+        folder = workdir / "repository" / name / str(version)
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").symlink_to(model_file)
+    with run_server(workdir, model_repository=str(workdir / "repository"), warmup="false") as running:
+        yield running
+
+
 @pytest.fixture
 def keyed_server(tmp_path: Path) -> Iterator[Server]:
     """A server that wants the API key ``API_KEY`` in ``X-API-Key``."""
@@ -110,12 +125,6 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, server: Server) -> Iterator[Any]:
-    """A desktop-sized tab on ``GET /`` with the model information loaded; fails if the page throws."""
-    tab = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    tab.goto(f"{server.url}/")
-    tab.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
-    yield tab
-    tab.close()
-    assert errors == [], f"the page threw: {errors}"
+    """``open_page`` on the demo model's server."""
+    with open_page(browser, server) as tab:
+        yield tab

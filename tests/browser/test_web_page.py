@@ -21,20 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.browser.helpers import api_labels, api_segment, canvas_rgb, colours_to_ids, wait_for
 from training.synth import make_scene, scene_rng
 
 pytestmark = pytest.mark.browser
 
 SCENE_SEED = 8
 SCENE_SIZE = (176, 240)  # (h, w): near the training scenes' size and within the server's max_side
-
-READ_CANVAS = """(id) => {
-  const canvas = document.getElementById(id);
-  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  let text = "";
-  for (let i = 0; i < data.length; i += 8192) text += String.fromCharCode(...data.subarray(i, i + 8192));
-  return { width: canvas.width, height: canvas.height, rgba: btoa(text) };
-}"""
 
 FILE_FROM_BASE64 = """(b64, name, type) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -79,23 +72,6 @@ def model_info(server: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
-def api_segment(
-    server: Any, data: bytes, fmt: str, name: str = "scene.png", media_type: str = "image/png"
-) -> httpx.Response:
-    files = {"image": (name, data, media_type)}
-    return httpx.post(f"{server.url}/segment", params={"format": fmt}, files=files, timeout=60)
-
-
-def api_labels(server: Any, data: bytes) -> tuple[np.ndarray, list[tuple[int, ...]], httpx.Response]:
-    """The API's label map (class ids), the PNG's palette and the response."""
-    response = api_segment(server, data, "png")
-    assert response.status_code == 200, response.text
-    image = Image.open(io.BytesIO(response.content))
-    assert image.mode == "P"
-    flat = image.getpalette() or []
-    return np.asarray(image), [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)], response
-
-
 def noise_png(min_bytes: int) -> bytes:
     """A PNG of random pixels (incompressible), longer than ``min_bytes``."""
     side = int(np.sqrt(min_bytes / 3)) + 16
@@ -106,24 +82,6 @@ def noise_png(min_bytes: int) -> bytes:
 
 
 # ---------- reading the page ----------
-
-
-def canvas_rgb(page: Any, canvas_id: str) -> np.ndarray:
-    """A canvas's pixels as uint8 [H, W, 3]."""
-    got = page.evaluate(READ_CANVAS, canvas_id)
-    rgba = np.frombuffer(base64.b64decode(got["rgba"]), dtype=np.uint8)
-    return rgba.reshape(got["height"], got["width"], 4)[..., :3]
-
-
-def colours_to_ids(rgb: np.ndarray, palette: list[tuple[int, ...]], num_classes: int) -> np.ndarray:
-    """Each pixel's class id, found from its colour through the palette (-1 = no class has that colour)."""
-    keys = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette[:num_classes])}
-    assert len(table) == num_classes, "palette colours must be distinct to read class ids back"
-    ids = np.full(keys.shape, -1, dtype=np.int64)
-    for key, class_id in table.items():
-        ids[keys == key] = class_id
-    return ids
 
 
 def interior(mask: np.ndarray, margin: int = 3) -> np.ndarray:
@@ -141,10 +99,6 @@ def upload(page: Any, data: bytes, tmp_path: Path, name: str = "scene.png") -> N
     path = tmp_path / name
     path.write_bytes(data)
     page.set_input_files("#file", str(path))
-
-
-def wait_for(page: Any, state: str) -> None:
-    page.wait_for_selector(f"body[data-state={state}]", timeout=60_000)
 
 
 def shown_error(page: Any, status: int) -> str:
@@ -195,6 +149,7 @@ def test_page_shows_the_api_label_map(
         assert legend[entry["id"]][1] == pytest.approx(100 * entry["fraction"], abs=0.051)
 
     # Hovering names the class under the pointer.
+    page.locator("#labels").scroll_into_view_if_needed()
     box = page.locator("#labels").bounding_box()
     height, width = expected.shape
     for class_id, name in names.items():
