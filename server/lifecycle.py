@@ -19,6 +19,7 @@ from server.backends.base import Backend
 from server.metrics import Metrics
 from server.served import ServedModel
 from server.settings import Settings
+from server.upload import BodyBudget
 
 log = logging.getLogger("server")
 
@@ -31,6 +32,7 @@ class Service:
 
     settings: Settings
     metrics: Metrics
+    bodies: BodyBudget
     model: ServedModel | None = None
     ready: bool = False
     draining: bool = False
