@@ -25,7 +25,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import select
+import socket
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,6 +49,8 @@ CLOSE = (b"connection", b"close")
 FRAMING = "request has both Content-Length and Transfer-Encoding (RFC 9112 section 6.3); send only one"
 
 Header = tuple[bytes, bytes]
+_QUOTED_BYTES = re.compile(r"[:\s]+(bytearray\()?b['\"].*$", re.S)
+"""h11 quotes the offending bytes after its message; the answer names the problem only."""
 
 
 class StrictConnection(h11.Connection):
@@ -191,7 +196,8 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[H11Protocol]:
             elif error is not None and str(error) == FRAMING:
                 reason, detail = "framing", FRAMING
             else:
-                reason, detail = "malformed", f"malformed HTTP/1.1 request: {str(error or msg)[:200]}"
+                reason = "malformed"
+                detail = f"malformed HTTP/1.1 request: {_QUOTED_BYTES.sub('', str(error or msg))[:200]}"
             self._refuse(status, detail, reason)
 
         def _refuse(self, status: int, detail: str, reason: str, headers: Iterable[Header] = ()) -> None:
@@ -269,6 +275,9 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[H11Protocol]:
                 "send timeout: %d response bytes not taken by the client in %g s", waiting, send_s,
                 extra={"reason": "send_timeout"},
             )  # fmt: skip
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # reset: the kernel drops what it still buffers for this client too
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.transport.abort()
 
     return ServiceProtocol
