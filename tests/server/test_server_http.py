@@ -200,7 +200,7 @@ def test_model_info_and_openapi(fake_server: ServerProcess) -> None:
     assert info["limits"]["max_pixels"] == FAKE_SETTINGS["max_pixels"]
     spec = httpx.get(fake_server.url + "/openapi.json").json()
     assert "multipart/form-data" in spec["paths"]["/segment"]["post"]["requestBody"]["content"]
-    assert httpx.get(fake_server.url + "/docs").status_code == 200
+    assert httpx.get(fake_server.url + "/docs").status_code == 404  # FCN_DOCS_PAGES=true turns it on
 
 
 def test_queue_full_and_deadline(tmp_path) -> None:  # type: ignore[no-untyped-def]
