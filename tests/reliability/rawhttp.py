@@ -124,9 +124,9 @@ class Trickler:
         )
 
     def trickle(self, seconds: float) -> None:
-        """Send one byte per interval for ``seconds`` (or until the body is complete)."""
+        """Send one byte per interval for ``seconds``, or until the body is complete or the server answers."""
         end = time.monotonic() + seconds
-        while time.monotonic() < end and self.sent < len(self.body):
+        while time.monotonic() < end and self.sent < len(self.body) and not readable(self.sock):
             self.sock.sendall(self.body[self.sent : self.sent + 1])
             self.sent += 1
             time.sleep(self.interval)

@@ -21,7 +21,7 @@ import pytest
 
 from .fakes import HANG, POISON, FakeSpec, read_calls, seen_marks
 from .helpers import assert_clean_error, failures, metrics, post_image, solid_png, unique_colours, wait_until
-from .rawhttp import Trickler, connect, read_response, request_head
+from .rawhttp import Trickler, connect, read_response, request_head, wait_closed
 from .serverproc import ServerProcess, fake_server, spawn
 
 FAULTY_SETTINGS: dict[str, object] = {
@@ -112,13 +112,15 @@ def test_hang_beyond_deadline_times_out_cleanly_and_readiness_reports_it(faulty:
 
 
 def test_body_slower_than_the_deadline_gets_408(faulty: ServerProcess) -> None:
-    """A client trickling its body past the deadline is answered 408 and holds nothing after that."""
+    """A client trickling its body past the deadline is answered 408 and the connection closed."""
     body = solid_png((11, 12, 13))
     trickler = Trickler(faulty.url, body, "image/png", interval=0.05)
     try:
-        trickler.trickle(1.5)  # the deadline is 1 s
+        trickler.trickle(3.0)  # the deadline is 1 s
         assert trickler.sent < len(body)
         response = read_response(trickler.sock)
+        assert response.headers["connection"] == "close"
+        assert wait_closed(trickler.sock, 1.0)
     finally:
         trickler.close()
     assert response.status_code == 408
