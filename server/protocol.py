@@ -170,6 +170,7 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[H11Protocol]:
                 return
             arriving = bool(self.conn.trailing_data[0]) or socket_readable(self.transport)
             if arriving and not self._grace_used:
+                log.debug("idle timeout with request bytes received: serving them (grace %g s)", HEAD_GRACE_S)
                 self._grace_used = True
                 self.flow.resume_reading()
                 self._arm_idle(HEAD_GRACE_S)
