@@ -5,8 +5,9 @@
 - **One idle timer** (``idle_timeout_s``) runs from a connection's opening and from each response until a
   complete request head has arrived; it replaces uvicorn's keep-alive timer and bounds slow heads
   (slowloris). When it fires while request bytes are already in the server's buffers, they are served: the
-  head gets one grace period (:data:`HEAD_GRACE_S`) to complete, else 408. A connection is never closed
-  with a request unread. Responses advertise the timeout as ``Keep-Alive: timeout=N``.
+  head gets one grace period (:data:`HEAD_GRACE_S`) to complete, else 408: the timer never closes a
+  connection holding bytes it has received. Responses advertise the timeout as ``Keep-Alive: timeout=N``
+  (clients must drop idle connections before it: what arrives after the close cannot be answered).
 - **Refusals close the connection**: a response started before the request body was fully received
   (401, 413, 415, 431, ...) carries ``Connection: close`` and the rest of the body is never read.
 - **The HTTP layer's own errors are JSON** ``{"detail": ...}`` with h11's status: 400 (malformed request
