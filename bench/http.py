@@ -20,13 +20,14 @@ import csv
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +54,8 @@ CSV_FIELDS = (
     "header_inference_ms", "metrics_queue_ms", "metrics_inference_ms", "metrics_batch_size",
 )  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parent.parent
+UNADVERTISED_EXPIRY_S = 2.0
+"""Idle expiry of load-client connections to a server that advertises no ``Keep-Alive: timeout``."""
 
 
 def log(message: str) -> None:
@@ -68,6 +71,25 @@ def check_loopback(url: str) -> str:
             f"refusing to load-test {url!r}: only loopback hosts {sorted(LOOPBACK_HOSTS)} are allowed"
         )
     return url.rstrip("/")
+
+
+def advertised_idle_timeout(url: str) -> float | None:
+    """The server's idle timeout from its ``Keep-Alive: timeout=N`` response header; None if it sends none."""
+    header = httpx.get(f"{url}/health/live", timeout=10).headers.get("keep-alive", "")
+    match = re.search(r"timeout=(\d+)", header)
+    return float(match.group(1)) if match else None
+
+
+def load_limits(urls: Iterable[str], connections: int) -> httpx.Limits:
+    """Connection-pool limits of a load client: ``connections`` connections, each dropped after being idle
+    for half the smallest idle timeout the servers advertise. A server closes a connection its idle timeout
+    after the response was written; a client that kept it as long could send a request just as the server
+    closes it, and lose that request (POSTs are not retried)."""
+    timeouts = [t for t in (advertised_idle_timeout(url) for url in urls) if t is not None]
+    expiry = min(timeouts) / 2 if timeouts else UNADVERTISED_EXPIRY_S
+    return httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=expiry
+    )
 
 
 @dataclass
@@ -209,9 +231,7 @@ async def run_levels(urls: dict[str, str], args: argparse.Namespace) -> list[dic
     level (only one is loaded at a time), so a slow phase of a shared machine hits all of them alike."""
     bodies = encoded_photographs(args.long_side)
     rows: list[dict[str, Any]] = []
-    limits = httpx.Limits(
-        max_connections=max([*args.concurrency, args.max_inflight]), max_keepalive_connections=64
-    )
+    limits = load_limits(urls.values(), max([*args.concurrency, args.max_inflight]))
     async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
         for url in urls.values():
             for body in bodies[: args.warmup]:

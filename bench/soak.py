@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.http import check_loopback
+from bench.http import check_loopback, load_limits
 from bench.images import encoded_photographs
 from bench.machine import describe_machine, machine_slug
 from bench.stats import percentiles
@@ -106,7 +106,7 @@ async def drive(
     result = SoakResult(concurrency)
     start = time.perf_counter()
     end = start + duration_s
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = await asyncio.to_thread(load_limits, [url], concurrency)
 
     async def worker(index: int, client: httpx.AsyncClient) -> None:
         turn = index

@@ -24,7 +24,7 @@ from server.backends.base import Backend, BackendError
 from server.backends.select import BackendLoader, load_backend
 from server.lifecycle import Service, repository_of
 from server.logs import configure_logging
-from server.protocol import head_timeout_protocol
+from server.protocol import http_protocol
 from server.repository import RepositoryError
 from server.settings import Settings
 
@@ -112,8 +112,7 @@ def serve(settings: Settings, backend_loader: BackendLoader = load_backend) -> i
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
-        http=head_timeout_protocol(settings.deadline_ms / 1000),
-        h11_max_incomplete_event_size=2 * settings.max_header_bytes,  # the app answers 431 below that
+        http=http_protocol(settings, service.metrics),  # idle, send and connection limits; JSON errors
         server_header=False,
     )
     server = DrainingServer(config, service)

@@ -14,21 +14,29 @@ from server.backends.select import BackendLoader, load_backend
 from server.errors import install_handlers
 from server.lifecycle import Service, lifespan
 from server.metrics import Metrics
-from server.middleware import HeaderLimitMiddleware, RequestIdMiddleware
+from server.middleware import HeaderLimitMiddleware, RequestIdMiddleware, RequestMetrics
 from server.routes import health, info, segment, v2, web
 from server.settings import Settings
+from server.upload import BodyBudget
 
 
 def create_app(settings: Settings, backend_loader: BackendLoader = load_backend) -> FastAPI:
     """Build the service. ``backend_loader(settings) -> Backend`` is called once at start-up (in a worker
     thread); pass your own to serve a test double or a preloaded backend (``lambda _: backend``).
     """
-    service = Service(settings=settings, metrics=Metrics())
+    service = Service(
+        settings=settings,
+        metrics=Metrics(),
+        bodies=BodyBudget(settings.max_inflight_body_bytes),
+    )
     app = FastAPI(
         title="FCN semantic segmentation",
         version="1.0",
         summary="POST an image, get a per-pixel class map (label PNG or COCO-RLE JSON)",
         lifespan=lifespan(service, backend_loader),
+        docs_url="/docs" if settings.docs_pages else None,
+        redoc_url="/redoc" if settings.docs_pages else None,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header
     )
     app.state.service = service
     if settings.cors_origins:
@@ -40,6 +48,7 @@ def create_app(settings: Settings, backend_loader: BackendLoader = load_backend)
             expose_headers=list(segment.TIMING_HEADERS),
         )
     app.add_middleware(HeaderLimitMiddleware, limit=settings.max_header_bytes)
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
     app.add_middleware(RequestIdMiddleware)
     install_handlers(app)
     for module in (health, info, segment, web):

@@ -19,6 +19,7 @@ from server.metrics import Metrics
 from server.registry import LoadError, ModelRegistry
 from server.repository import Repository
 from server.settings import Settings
+from server.upload import BodyBudget
 
 log = logging.getLogger("server")
 
@@ -36,6 +37,7 @@ class Service:
 
     settings: Settings
     metrics: Metrics
+    bodies: BodyBudget
     registry: ModelRegistry | None = None
     ready: bool = False
     draining: bool = False

@@ -1,11 +1,17 @@
-"""Structured logging: one JSON object per line, carrying the request id of the request being served."""
+"""Structured logging: one JSON object per line (or one text line), with the request id being served.
+
+Either way one record is one line: JSON escapes control characters itself, and the text format escapes
+them (a request path's percent-encoded newline or ESC cannot forge a line or colour a terminal).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from contextvars import ContextVar
+from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -34,6 +40,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every C0/C1 control character (newline and ESC included) written as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger [request id] message``, control characters escaped; a traceback follows on
+    lines of its own, each starting with ``| `` so that none can pass for a record."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join("| " + escape_controls(line) for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("| " + escape_controls(line) for line in stack_info.splitlines())
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get() or "-"
@@ -47,9 +78,7 @@ def configure_logging(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.addFilter(_RequestIdFilter())
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -13,6 +13,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 FAILURE_REASONS: tuple[str, ...] = ("rejected", "expired", "cancelled", "bad_input", "backend")
 STAGES: tuple[str, ...] = ("receive", "decode", "resize", "pad", "queue", "infer", "crop", "encode")
+HTTP_ERROR_REASONS: tuple[str, ...] = (
+    "malformed", "framing", "head_too_large", "unsupported_encoding", "head_timeout", "connection_limit",
+    "send_timeout",
+)  # fmt: skip
+"""What the HTTP layer (server/protocol.py) answered or cut off itself, before or around the app."""
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_LABELS = ("model", "version")
@@ -43,7 +48,8 @@ class ModelMetrics:
 
 
 class Metrics:
-    """Request times and outcomes; per model version: queue, batches, inference and per-stage times."""
+    """Request times and outcomes; per model version: queue, batches, inference and per-stage times; open
+    connections and the HTTP layer's own refusals."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -85,7 +91,8 @@ class Metrics:
         )
         self.requests = Counter(
             "fcn_requests",
-            "Finished inference requests by status code and model version ('' before a model was chosen)",
+            "Answered inference requests by status code (refusals included) and model version ('' before a "
+            "model was chosen)",
             ["status", *MODEL_LABELS],
             registry=reg,
         )
@@ -97,6 +104,15 @@ class Metrics:
         self.images = Counter(
             "fcn_inference_images", "Images that reached the model", MODEL_LABELS, registry=reg
         )
+        self.connections = Gauge("fcn_connections", "Open HTTP connections", registry=reg)
+        self.http_errors = Counter(
+            "fcn_http_errors",
+            "Requests and connections the HTTP layer refused or cut off itself, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        for reason in HTTP_ERROR_REASONS:
+            self.http_errors.labels(reason)
         self.stage_seconds = Histogram(
             "fcn_stage_seconds",
             "Per-request time of each request stage: thread CPU seconds of decode, resize, pad, crop, encode "

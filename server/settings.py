@@ -12,6 +12,8 @@ from common.geometry import DEFAULT_GRANULARITY, DEFAULT_MAX_BATCH, DEFAULT_MAX_
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "demo" / "fcn8s-demo.onnx"
+SMALL_BODY_SHARE = 8
+"""1/8 of ``max_inflight_body_bytes`` is kept for bodies of at most that size (see server/upload.py)."""
 
 
 class Settings(BaseSettings):
@@ -71,6 +73,25 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="decoded image pixel limit, from the header (413)")
     max_form_parts: int = Field(4, ge=1, description="most parts accepted in a multipart body")
     max_header_bytes: int = Field(16384, ge=1024, description="largest total size of request headers (431)")
+    max_inflight_body_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1,
+        description="most request-body bytes held at once (Content-Length, or max_body_bytes if chunked); "
+        "beyond: queue_full_status + Retry-After before the body is read",
+    )
+
+    idle_timeout_s: float = Field(
+        15.0,
+        ge=1,
+        description="a connection without a complete request head this long after it opened or after its "
+        "last response is closed (Keep-Alive: timeout=N; clients must drop idle connections sooner)",
+    )
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="a connection whose unsent response bytes do not move for this long is cut"
+    )
+    max_connections: int = Field(
+        256, ge=1, description="most open connections; a further one gets 503 + Retry-After and is closed"
+    )
 
     codec_threads: int = Field(
         0, ge=0, description="threads decoding/encoding images (0 = min(4, CPU count))"
@@ -88,6 +109,9 @@ class Settings(BaseSettings):
     metrics_need_key: bool = Field(False, description="also require the API key on /metrics")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated allowed CORS origins (empty = CORS off)"
+    )
+    docs_pages: bool = Field(
+        False, description="serve /docs and /redoc (they load Swagger UI and ReDoc from a public CDN)"
     )
 
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: longest wait for in-flight requests")
@@ -114,6 +138,12 @@ class Settings(BaseSettings):
             raise ValueError(f"instances must be at least 1 or auto, got {self.instances}")
         if self.bucket > self.max_side:
             raise ValueError(f"bucket ({self.bucket}) must not exceed max_side ({self.max_side})")
+        budget = self.max_inflight_body_bytes
+        if self.max_body_bytes > budget - budget // SMALL_BODY_SHARE:
+            raise ValueError(
+                f"max_inflight_body_bytes ({budget}) must hold one body of max_body_bytes "
+                f"({self.max_body_bytes}) besides the 1/{SMALL_BODY_SHARE} kept for small bodies"
+            )
         return self
 
     def public_dict(self) -> dict[str, Any]:
@@ -126,14 +156,17 @@ class Settings(BaseSettings):
 GROUPS: dict[str, tuple[str, ...]] = {
     "model and backend": ("model", "model_repository", "default_model", "backend"),
     "network": ("host", "port"),
+    "connections": ("idle_timeout_s", "send_timeout_s", "max_connections"),
     "batching and queue": (
         "max_batch_size", "max_delay_ms", "queue_size", "queue_full_status", "retry_after_s", "deadline_ms",
         "stall_timeout_s",
     ),
     "image sizes and warm-up": ("max_side", "bucket", "warmup"),
-    "request limits": ("max_body_bytes", "max_pixels", "max_form_parts", "max_header_bytes"),
+    "request limits": (
+        "max_body_bytes", "max_pixels", "max_form_parts", "max_header_bytes", "max_inflight_body_bytes",
+    ),
     "execution": ("instances", "threads_per_instance", "codec_threads"),
-    "access": ("api_key", "metrics_need_key", "cors_origins"),
+    "access": ("api_key", "metrics_need_key", "cors_origins", "docs_pages"),
     "shutdown and logs": ("drain_timeout_s", "log_level", "log_format"),
 }  # fmt: skip
 """The settings by topic, in the order the generated configuration docs list them (a test checks every

@@ -1,19 +1,23 @@
 """The image bytes of a request: raw ``image/*`` body or multipart field ``image``, with every body limit.
 
-The limits live here and only here: the declared ``Content-Length``, the bytes actually streamed
-(chunked bodies included), the number of multipart parts and the time the body may take. Failures raise
-:class:`UploadError` subclasses; the HTTP layer maps them to status codes.
+The limits live here and only here: the bytes of all bodies held at once (:class:`BodyBudget`), the
+declared ``Content-Length``, the bytes actually streamed (chunked bodies included), the number of multipart
+parts and the time the body may take. Failures raise :class:`UploadError` subclasses; the HTTP layer maps
+them to status codes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
+
+from server.settings import SMALL_BODY_SHARE
 
 FIELD = "image"
 HOW = f"send multipart/form-data with one file field '{FIELD}', or the raw image with an image/* content type"
@@ -51,6 +55,40 @@ class BodyTimeout(UploadError):
 
 class ClientGone(Exception):
     """The client closed the connection during the upload."""
+
+
+class BodyBudget:
+    """The request-body bytes held in memory at once, across all requests.
+
+    Each upload reserves its declared ``Content-Length`` (a body without one: the per-request limit) before
+    a byte of it is read, and gives it back once the image is decoded. An upload that does not fit is
+    refused unread. The last ``1/SMALL_BODY_SHARE`` of the budget is kept for bodies no larger than that
+    share, so a flood of large uploads cannot lock small requests out.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.small = limit // SMALL_BODY_SHARE
+        self.held = 0
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[bool]:
+        """Hold ``size`` bytes for the ``with`` block; yields False (holding nothing) when they do not fit."""
+        room = self.limit if size <= self.small else self.limit - self.small
+        if self.held + size > room:
+            yield False
+            return
+        self.held += size
+        try:
+            yield True
+        finally:
+            self.held -= size
+
+
+def reserved_size(headers: Mapping[str, str], max_bytes: int) -> int:
+    """The bytes a body may take: its valid ``Content-Length`` up to ``max_bytes``, else ``max_bytes``."""
+    length = headers.get("content-length", "")
+    return int(length) if length.isdigit() and int(length) <= max_bytes else max_bytes
 
 
 @dataclass(frozen=True)

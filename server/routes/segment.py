@@ -1,8 +1,11 @@
 """``POST /segment``: image bytes → decode → batch → forward → encode → response.
 
-Read top to bottom: admission (ready, not draining) → body within its limits (:mod:`server.upload`) →
-prepare on a codec thread (:func:`server.pipeline.prepare`) → the batcher's queue → wait for the batch
-(deadline, client disconnect, backend failure) → finish on a codec thread → response with timing headers.
+Read top to bottom: admission (ready, not draining, room in the budget of bodies held at once) → body
+within its limits (:mod:`server.upload`) → prepare on a codec thread (:func:`server.pipeline.prepare`) → the
+batcher's queue → wait for the batch (deadline, client disconnect, backend failure) → finish on a codec
+thread → response with timing headers. Requests are counted by :class:`server.middleware.RequestMetrics`
+(refusals included); a refusal sent before the body was read closes the connection
+(:mod:`server.protocol`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from server.imaging import ImageError
 from server.inference import Failure, infer
 from server.lifecycle import Service
 from server.negotiation import choose_format
-from server.pipeline import MEDIA_TYPES, OutputFormat, finish, prepare
+from server.pipeline import MEDIA_TYPES, OutputFormat, Prepared, finish, prepare
 from server.registry import UnknownModel
 from server.routes.deps import ServiceDep, require_key
 from server.schemas import SEGMENT_REQUEST, SEGMENT_RESPONSES
 from server.served import ServedModel
-from server.upload import BodyLimits, ClientGone, UploadError, read_image_bytes
+from server.upload import BodyLimits, ClientGone, UploadError, read_image_bytes, reserved_size
 
 log = logging.getLogger("server")
 
@@ -63,27 +66,20 @@ async def segment(
     ] = None,
 ) -> Response:
     """Segment one image: multipart field ``image`` or a raw ``image/*`` body."""
-    started = time.perf_counter()
-    labels = ("", "")
     if service.draining:
-        response = error_response(
+        return error_response(
             503, "server is shutting down; retry elsewhere", {"Connection": "close", "Retry-After": "1"}
         )
-    elif not service.ready or service.registry is None:
-        response = error_response(503, "model is not ready yet (loading or warming up)", {"Retry-After": "1"})
-    else:
-        service.inflight += 1
-        try:
-            with service.registry.hold(model, version) as served:
-                labels = (served.name, str(served.version))
-                response = await _segment(service, served, request, format)
-        except UnknownModel as exc:
-            response = error_response(404, str(exc))
-        finally:
-            service.inflight -= 1
-    service.metrics.requests.labels(str(response.status_code), *labels).inc()
-    service.metrics.request_seconds.observe(time.perf_counter() - started)
-    return response
+    if not service.ready or service.registry is None:
+        return error_response(503, "model is not ready yet (loading or warming up)", {"Retry-After": "1"})
+    service.inflight += 1
+    try:
+        with service.registry.hold(model, version) as served:
+            return await _segment(service, served, request, format)
+    except UnknownModel as exc:
+        return error_response(404, str(exc))
+    finally:
+        service.inflight -= 1
 
 
 async def _segment(
@@ -93,24 +89,9 @@ async def _segment(
     stages = model.metrics.stages
     deadline = asyncio.get_running_loop().time() + settings.deadline_ms / 1000
     fmt = choose_format(query_format, request.headers.get("accept"))
-    limits = BodyLimits(settings.max_body_bytes, settings.max_form_parts, settings.deadline_ms / 1000)
-    try:
-        start = time.perf_counter()
-        data = await read_image_bytes(request, limits)
-        stages.labels("receive").observe(time.perf_counter() - start)
-        start = time.perf_counter()
-        prepared = await service.in_codec_thread(
-            prepare, data, model.geometry, model.pad_colour, settings.max_pixels
-        )
-        metrics.decode_seconds.observe(time.perf_counter() - start)
-        for stage, seconds in prepared.cpu_s.items():
-            stages.labels(stage).observe(seconds)
-    except ClientGone:
-        metrics.failures.labels("cancelled").inc()
-        return error_response(CLIENT_CLOSED, "client closed the request during the upload")
-    except (UploadError, ImageError) as exc:
-        metrics.failures.labels("bad_input").inc()
-        return error_response(status_of(exc), exc.detail)
+    prepared = await _read_and_prepare(service, model, request)
+    if isinstance(prepared, Response):
+        return prepared
     try:
         (outcome,) = await infer(model, [prepared.padded], deadline, request.receive, settings, metrics)
     except Failure as failure:
@@ -131,3 +112,38 @@ async def _segment(
         "Vary": "Accept",
     }
     return Response(finished.body, media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+async def _read_and_prepare(service: Service, model: ServedModel, request: Request) -> Prepared | Response:
+    """The upload, admitted into the budget of bodies held at once, read within its limits and decoded on a
+    codec thread; or the error response. The body's bytes are given back when this returns."""
+    settings, metrics, stages = service.settings, service.metrics, model.metrics.stages
+    limits = BodyLimits(settings.max_body_bytes, settings.max_form_parts, settings.deadline_ms / 1000)
+    size = reserved_size(request.headers, limits.max_bytes)
+    with service.bodies.reserve(size) as admitted:
+        if not admitted:
+            metrics.failures.labels("rejected").inc()
+            return error_response(
+                settings.queue_full_status,
+                f"too many uploads in progress ({service.bodies.held} of {service.bodies.limit} body bytes "
+                f"held, this one needs {size}); retry after {settings.retry_after_s} s",
+                {"Retry-After": str(settings.retry_after_s)},
+            )
+        try:
+            start = time.perf_counter()
+            data = await read_image_bytes(request, limits)
+            stages.labels("receive").observe(time.perf_counter() - start)
+            start = time.perf_counter()
+            prepared: Prepared = await service.in_codec_thread(
+                prepare, data, model.geometry, model.pad_colour, settings.max_pixels
+            )
+            metrics.decode_seconds.observe(time.perf_counter() - start)
+            for stage, seconds in prepared.cpu_s.items():
+                stages.labels(stage).observe(seconds)
+            return prepared
+        except ClientGone:
+            metrics.failures.labels("cancelled").inc()
+            return error_response(CLIENT_CLOSED, "client closed the request during the upload")
+        except (UploadError, ImageError) as exc:
+            metrics.failures.labels("bad_input").inc()
+            return error_response(status_of(exc), exc.detail)

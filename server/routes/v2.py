@@ -8,7 +8,6 @@ of an image are the same either way. Errors are ``{"error": "..."}`` with the st
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -145,20 +144,18 @@ def _ready(service: Service, name: str, version: str | None) -> Response:
 @keyed.post("/models/{name}/infer")
 async def model_infer(request: Request, service: ServiceDep, name: str) -> Response:
     """Labels for ``image`` (UINT8 [N,H,W,3]) or ``image_bytes`` (BYTES [N]); JSON or binary tensors."""
-    return await _counted(service, name, None, lambda: _infer(request, service, name, None))
+    return await _admitted(service, name, None, lambda: _infer(request, service, name, None))
 
 
 @keyed.post("/models/{name}/versions/{version}/infer")
 async def model_version_infer(request: Request, service: ServiceDep, name: str, version: str) -> Response:
     """Infer on one version (404 unless it is the serving one)."""
-    return await _counted(service, name, version, lambda: _infer(request, service, name, version))
+    return await _admitted(service, name, version, lambda: _infer(request, service, name, version))
 
 
-async def _counted(
+async def _admitted(
     service: Service, name: str, version: str | None, handler: Callable[[], Awaitable[Response]]
 ) -> Response:
-    started = time.perf_counter()
-    labels = ("", "")
     if service.draining:
         response: Response = error(503, "server is shutting down; retry elsewhere", {"Connection": "close"})
     elif not service.ready:
@@ -167,13 +164,10 @@ async def _counted(
         service.inflight += 1
         try:
             response = await handler()
-            labels = (response.headers.get("x-model", ""), response.headers.get("x-model-version", ""))
         except ProtocolError as exc:
             response = error(exc.status, exc.message)
         finally:
             service.inflight -= 1
-    service.metrics.requests.labels(str(response.status_code), *labels).inc()
-    service.metrics.request_seconds.observe(time.perf_counter() - started)
     return response
 
 

@@ -20,9 +20,14 @@ class RawResponse:
         return json.loads(self.body)  # type: ignore[no-any-return]
 
 
-def connect(url: str, timeout: float = 10.0) -> socket.socket:
+def connect(url: str, timeout: float = 10.0, receive_buffer: int | None = None) -> socket.socket:
+    """A TCP connection to ``url``'s host and port (``receive_buffer``: SO_RCVBUF in bytes, set first)."""
     parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(timeout)
+    sock.connect((parts.hostname, parts.port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -35,6 +40,19 @@ def request_head(path: str, headers: dict[str, str]) -> bytes:
 def readable(sock: socket.socket, wait: float = 0.0) -> bool:
     """True when the server has sent something (or closed) on ``sock``."""
     return bool(select.select([sock], [], [], wait)[0])
+
+
+def wait_closed(sock: socket.socket, timeout: float) -> bool:
+    """True once the server closes ``sock`` (EOF or reset) within ``timeout`` s; data it sent is dropped."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if readable(sock, min(0.05, max(0.0, end - time.monotonic()))):
+            try:
+                if not sock.recv(65536):
+                    return True
+            except ConnectionError:
+                return True
+    return False
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> RawResponse:
@@ -106,9 +124,9 @@ class Trickler:
         )
 
     def trickle(self, seconds: float) -> None:
-        """Send one byte per interval for ``seconds`` (or until the body is complete)."""
+        """Send one byte per interval for ``seconds``, or until the body is complete or the server answers."""
         end = time.monotonic() + seconds
-        while time.monotonic() < end and self.sent < len(self.body):
+        while time.monotonic() < end and self.sent < len(self.body) and not readable(self.sock):
             self.sock.sendall(self.body[self.sent : self.sent + 1])
             self.sent += 1
             time.sleep(self.interval)

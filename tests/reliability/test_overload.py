@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.http import load_limits
+
 from .fakes import FakeSpec, seen_marks
 from .helpers import (
     assert_clean_error,
@@ -37,7 +39,7 @@ OVERLOAD_SETTINGS: dict[str, object] = {
 
 async def _burst(url: str, bodies: list[bytes]) -> list[tuple[httpx.Response, float]]:
     """Send every body at once; return each response with its latency in seconds."""
-    limits = httpx.Limits(max_connections=len(bodies))
+    limits = await asyncio.to_thread(load_limits, [url], len(bodies))
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         await asyncio.gather(*(client.get(url + "/health/live") for _ in range(len(bodies))))  # open sockets
 

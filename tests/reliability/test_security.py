@@ -1,4 +1,5 @@
-"""Security: API key, CORS, limits reported, no file-system access from requests, no unpickling."""
+"""Security: API key, CORS, limits reported, no file-system access from requests, no unpickling, safe
+request ids and log lines, no redirects built from the Host header, no third-party scripts."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.settings import Settings
 
 from . import inputs
 from .conftest import TINY_SETTINGS
-from .helpers import assert_clean_error, post_image
+from .helpers import assert_clean_error, post_image, wait_until
+from .rawhttp import connect, read_response
 from .serverproc import REPO_ROOT, ServerProcess, running_server
 
 KEY = "s3cret-key-for-tests"
@@ -32,6 +38,8 @@ def secured(
         "api_key": KEY,
         "metrics_need_key": True,
         "cors_origins": f"{ORIGIN}, http://other.example.test",
+        "log_format": "text",
+        "log_level": "info",
     }
     with running_server(settings, tmp_path_factory.mktemp("secured") / "server.log") as server:
         yield server
@@ -119,12 +127,60 @@ def test_no_request_path_reaches_the_file_system(tiny_server: ServerProcess, pat
     )
 
 
-def test_request_id_is_echoed_only_when_sane(tiny_server: ServerProcess) -> None:
+def test_request_id_is_echoed_only_when_safe(secured: ServerProcess) -> None:
+    """Ids of 1 to 128 of A-Z a-z 0-9 . _ : / + = - are echoed; others are replaced, and that is logged."""
+    auth = {"X-API-Key": KEY}
     with httpx.Client(timeout=10) as client:
-        sane = post_image(client, tiny_server.url, GOOD, headers={"X-Request-ID": "abc-123"})
-        assert sane.headers["x-request-id"] == "abc-123"
-        long = post_image(client, tiny_server.url, GOOD, headers={"X-Request-ID": "a" * 5000})
-        assert long.status_code == 200 and len(long.headers["x-request-id"]) <= 128
+        for given in ("abc-123", "0af7651916cd43dd8448eb211c80319c", "trace:span/1+2=3.4_5"):
+            response = post_image(client, secured.url, GOOD, headers={**auth, "X-Request-ID": given})
+            assert response.status_code == 200 and response.headers["x-request-id"] == given
+        for given in ("a] b", "id with spaces", "a" * 129, b"caf\xe9", "x[ERROR]"):
+            response = post_image(client, secured.url, GOOD, headers={**auth, "X-Request-ID": given})
+            assert response.status_code == 200
+            assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"]), (given, response.headers)
+    assert wait_until(lambda: "X-Request-ID replaced" in secured.log(), 2.0)
+    assert "[a] b]" not in secured.log()
+
+
+def test_log_lines_cannot_be_forged_through_the_path(secured: ServerProcess) -> None:
+    """The text log escapes control characters: a percent-encoded newline or ESC in the path stays inside
+    its own line."""
+    forged = "2030-01-01 00:00:00,000 ERROR server [admin] forged"
+    path = "/nothing%0a" + forged.replace(" ", "%20") + "%1b[31m%0d"
+    with connect(secured.url) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert read_response(sock).status_code == 404
+    assert wait_until(lambda: "forged" in secured.log(), 2.0)
+    log = secured.log()
+    assert not any(line.startswith(forged) for line in log.splitlines()), log[-2000:]
+    assert "\x1b" not in log and "\r" not in log
+    assert "/nothing\\x0a2030-01-01" in log
+
+
+def test_trailing_slash_is_not_redirected(secured: ServerProcess) -> None:
+    """``POST /segment/`` is a 404, not a redirect built from the client's Host header."""
+    with connect(secured.url) as sock:
+        sock.sendall(b"POST /segment/ HTTP/1.1\r\nHost: evil.example.test\r\nContent-Length: 0\r\n\r\n")
+        response = read_response(sock)
+    assert response.status_code == 404 and "location" not in response.headers
+    assert "evil" not in response.body.decode()
+
+
+def test_no_page_loads_third_party_scripts(tiny_server: ServerProcess) -> None:
+    """The API docs pages (Swagger UI and ReDoc load their scripts from a public CDN) are off by default;
+    the web page, on the origin that keeps the API key, loads only its own files."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(tiny_server.url + path).status_code == 404, path
+    assert httpx.get(tiny_server.url + "/openapi.json").status_code == 200
+    page = httpx.get(tiny_server.url + "/").text
+    sources = re.findall(r"""(?:src|href)=["']([^"']+)""", page)
+    assert sources and all(s.startswith(("/static/", "data:")) for s in sources), sources
+
+
+def test_docs_pages_are_served_when_turned_on() -> None:
+    client = TestClient(create_app(Settings(model="unused.onnx", docs_pages=True)))  # no lifespan, no model
+    assert client.get("/docs").status_code == 200
+    assert client.get("/redoc").status_code == 200
 
 
 def _python_files(*folders: str) -> Iterator[Path]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.http import load_limits
 from tests.server.conftest import png_bytes, random_image, running
 from tests.server.test_server_v2 import REPO_SETTINGS, make_repository
 
@@ -74,7 +75,7 @@ async def _load_and_swap(url: str, bodies: list[bytes]) -> dict:
     errors: Counter[str] = Counter()
     versions: Counter[str] = Counter()
     answers: list[tuple[str, int, np.ndarray]] = []
-    limits = httpx.Limits(max_connections=CONCURRENCY, keepalive_expiry=1.0)
+    limits = await asyncio.to_thread(load_limits, [url], CONCURRENCY)
 
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
