@@ -84,9 +84,16 @@ def lifespan(service: Service, backend_loader: BackendLoader) -> Callable[[FastA
         threads = settings.codec_threads or min(4, os.cpu_count() or 1)
         service.codec_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codec")
         service.model = ServedModel.start(backend, settings, service.metrics)
+        fallback = [reason.kind for reason in backend.fallback]
+        service.metrics.set_backend(backend.name, backend.provider, fallback)
         log.info(
             "model loaded",
-            extra={"model": backend.metadata.name, "backend": backend.name, "provider": backend.provider},
+            extra={
+                "model": backend.metadata.name,
+                "backend": backend.name,
+                "provider": backend.provider,
+                "fallback": ",".join(fallback) or "none",
+            },
         )
         warm = asyncio.create_task(_warm_up(service))
         try:

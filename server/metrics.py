@@ -9,7 +9,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0
 
 
 class Metrics:
-    """Request, queue, inference, decode and encode times; batch sizes; queue depth; failures by reason."""
+    """Request, queue, inference, decode and encode times; batch sizes; queue depth; failures by reason;
+    the backend serving."""
 
     def __init__(self, max_batch_size: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -55,6 +56,18 @@ class Metrics:
         for reason in FAILURE_REASONS:
             self.failures.labels(reason)
         self.images = Counter("fcn_inference_images", "Images that reached the model", registry=reg)
+        self.backend_info = Gauge(
+            "fcn_backend_info",
+            "1 for the backend serving, its execution provider really in use, and why it is a fallback "
+            "(comma-separated kinds; 'none' when it is the backend the deployment meant)",
+            ["backend", "provider", "fallback"],
+            registry=reg,
+        )
+
+    def set_backend(self, backend: str, provider: str, fallback_kinds: list[str]) -> None:
+        """Publish which backend serves (one labelled series of value 1)."""
+        self.backend_info.clear()
+        self.backend_info.labels(backend, provider, ",".join(fallback_kinds) or "none").set(1)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

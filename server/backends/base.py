@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -13,6 +14,18 @@ class BackendError(RuntimeError):
     """A model cannot be loaded or run; the message is one clear line for operators."""
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """One reason a backend serves instead of the one the deployment meant (the faster one)."""
+
+    kind: str
+    """``engine_build_failed`` | ``engine_unusable`` | ``no_tensorrt`` | ``cuda_unavailable``."""
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Runs the deployable graph: uint8 RGB images in, uint8 class indices out."""
@@ -20,10 +33,12 @@ class Backend(Protocol):
     name: str
     """Backend name: ``onnxruntime``, ``tensorrt`` or a test double's name."""
     provider: str
-    """Execution provider really in use, e.g. ``CPUExecutionProvider``."""
+    """Execution provider really in use (read from the session), e.g. ``CPUExecutionProvider``."""
     precision: str
     """``fp32`` | ``fp16`` | ``int8``."""
     metadata: ModelMetadata
+    fallback: tuple[Fallback, ...]
+    """Why this is not the backend the deployment meant, in the order it happened (empty: it is)."""
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """``uint8 [N, H, W, 3]`` RGB -> ``uint8 [N, H, W]`` labels. Called from one worker thread."""

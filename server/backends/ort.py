@@ -1,19 +1,43 @@
-"""ONNX Runtime backend: CUDA when onnxruntime-gpu and a GPU are present, else CPU."""
+"""ONNX Runtime backend: CUDA when onnxruntime-gpu and a GPU are present, else CPU.
+
+onnxruntime-gpu's CUDA provider links against the CUDA and cuDNN libraries of the ``nvidia-*`` pip wheels
+(``onnxruntime-gpu[cuda,cudnn]``), which the loader finds only once they are loaded: importing torch does
+that, and the GPU image has no torch, so ``onnxruntime.preload_dlls()`` (ORT >= 1.21) loads them before
+a CUDA session is made. Without it, ``get_available_providers()`` still lists CUDA, the session quietly
+comes up on the CPU, and only ``session.get_providers()`` tells: :attr:`OnnxRuntimeBackend.provider` is
+read from the session, and a CUDA request that ends on the CPU is logged as an error and reported as a
+``cuda_unavailable`` fallback.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.metadata import ModelMetadata
-from server.backends.base import BackendError
+from server.backends.base import BackendError, Fallback
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "labels"
+CUDA = "CUDAExecutionProvider"
+
+
+def preload_cuda_libraries(ort: Any) -> str:
+    """Load the CUDA/cuDNN libraries of the nvidia-* wheels for the CUDA provider (``preload_dlls``);
+    returns what went wrong ("" when nothing did)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return f"onnxruntime {ort.__version__} has no preload_dlls (needs >= 1.21)"
+    try:
+        preload()
+    except Exception as exc:  # it raises what the dynamic loader raised (OSError, ...)
+        return f"{type(exc).__name__}: {exc}"
+    return ""
 
 
 class OnnxRuntimeBackend:
@@ -22,7 +46,13 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(
-        self, path: Path, *, use_cuda: bool, intra_op_threads: int = 0, inter_op_threads: int = 1
+        self,
+        path: Path,
+        *,
+        use_cuda: bool,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+        fallback: tuple[Fallback, ...] = (),
     ) -> None:
         import onnxruntime as ort
 
@@ -33,16 +63,23 @@ class OnnxRuntimeBackend:
         options.inter_op_num_threads = inter_op_threads
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
+        preload_problem = ""
         if use_cuda:
-            providers.insert(0, "CUDAExecutionProvider")
+            providers.insert(0, CUDA)
+            preload_problem = preload_cuda_libraries(ort)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(f"cannot load ONNX model {path}: {first[:200]}") from None
         self.provider = self.session.get_providers()[0]
-        if use_cuda and self.provider != "CUDAExecutionProvider":
-            log.warning("CUDA was requested but ONNX Runtime runs on %s", self.provider)
+        self.fallback = fallback
+        if use_cuda and self.provider != CUDA:
+            detail = f"CUDA was expected but ONNX Runtime runs {path.name} on {self.provider}" + (
+                f" (preloading the CUDA libraries failed: {preload_problem})" if preload_problem else ""
+            )
+            log.error("%s: check the driver, the GPU request and the nvidia-* wheels", detail)
+            self.fallback = (*fallback, Fallback("cuda_unavailable", detail))
         self._check_signature(path)
         props = self.session.get_modelmeta().custom_metadata_map
         if "fcn_metadata" not in props:

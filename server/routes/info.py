@@ -14,7 +14,8 @@ router = APIRouter(tags=["model"])
 
 @router.get("/v1/model", dependencies=[Depends(require_key)])
 async def model_info(service: ServiceDep) -> Response:
-    """The model, backend and provider in use, its classes and colours, input limits and batching."""
+    """The model, backend and provider in use (and why it is a fallback), its classes and colours, input
+    limits and batching."""
     if service.model is None:
         return error_response(503, "model is not loaded yet")
     settings, backend, meta = service.settings, service.model.backend, service.model.metadata
@@ -27,6 +28,7 @@ async def model_info(service: ServiceDep) -> Response:
             "backend": backend.name,
             "provider": backend.provider,
             "precision": backend.precision,
+            "fallback": [reason.to_dict() for reason in backend.fallback],
             "classes": [
                 {"id": i, "name": name, "color": list(meta.palette[i])} for i, name in enumerate(meta.classes)
             ],

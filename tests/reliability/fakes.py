@@ -52,6 +52,7 @@ class FakeBackend:
     spec: FakeSpec = field(default_factory=FakeSpec)
     name: str = "fake"
     provider: str = "FakeExecutionProvider"
+    fallback: tuple = ()
     precision: str = "fp32"
     metadata: ModelMetadata = field(default_factory=lambda: ModelMetadata(name="fake", width=1 / 32))
     calls: list[dict[str, Any]] = field(default_factory=list)

@@ -40,6 +40,7 @@ class FakeBackend:
     broken: bool = False
     name: str = "fake"
     provider: str = "FakeExecutionProvider"
+    fallback: tuple = ()
     precision: str = "fp32"
     metadata: ModelMetadata = field(default_factory=lambda: ModelMetadata(name="fake", width=1 / 32))
     batches: list[int] = field(default_factory=list)
