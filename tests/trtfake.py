@@ -106,7 +106,9 @@ class FakeDevice:
         self.buffers: dict[int, Any] = {}
         self.copies: list[tuple[str, int]] = []
         self.streams: dict[int, FakeStream] = {}
-        self.cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
+        self.cudaMemcpyKind = SimpleNamespace(
+            cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H", cudaMemcpyDeviceToDevice="D2D"
+        )
 
     def _stream(self, stream: Any) -> FakeStream | None:
         handle = stream.handle if isinstance(stream, FakeStream) else stream
@@ -158,6 +160,18 @@ class FakeDevice:
             return (cudaError_t.cudaErrorInvalidResourceHandle,)
         self.copies.append((kind, nbytes))
         ctypes.memmove(dst, src, nbytes)
+        return (cudaError_t.cudaSuccess,)
+
+    def cudaMemcpy2DAsync(
+        self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, kind: str, stream: Any
+    ) -> tuple[cudaError_t]:
+        if self._stream(stream) is None:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        if width > min(dpitch, spitch):
+            return (cudaError_t.cudaErrorInvalidValue,)
+        self.copies.append((kind, width * height))
+        for row in range(height):
+            ctypes.memmove(dst + row * dpitch, src + row * spitch, width)
         return (cudaError_t.cudaSuccess,)
 
     def array(self, pointer: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
