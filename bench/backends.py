@@ -176,6 +176,7 @@ def _torch_cuda_fp16(context: BuildContext, graphs: bool) -> Runner:
     from bench.cuda import HalfFCN, Replay
     from export.graph import export_friendly
 
+    torch.backends.cudnn.benchmark = True  # one algorithm search per shape, in the untimed warm-up
     network, _ = export_friendly(random_model(context.spec))
     module = HalfFCN(network, context.spec.metadata().normalization).cuda()
     if graphs:

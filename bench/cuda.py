@@ -15,20 +15,33 @@ import torch
 from torch import Tensor, nn
 
 from common.metadata import Normalization
-from export.graph import Normalize
 
 WARMUP_BEFORE_CAPTURE = 3
 """Eager runs on a side stream before a capture (lazy cuDNN/cuBLAS initialisation must not be captured)."""
 
 
 class HalfFCN(nn.Module):
-    """uint8 NHWC → uint8 labels with an FP16 network, as in the FP16 ONNX graph."""
+    """uint8 NHWC → uint8 labels with an FP16 network, as in the FP16 ONNX graph.
+
+    The normalisation is ``training.data.normalize_batch``'s formula with its constants made once, as
+    buffers: ``normalize_batch`` makes them on each call (a host-to-device copy, which a CUDA graph capture
+    refuses). ``tests/bench/test_gpu_check.py`` checks the two agree.
+    """
 
     def __init__(self, model: nn.Module, normalization: Normalization, channels_last: bool = True) -> None:
         super().__init__()
-        self.normalize = Normalize(normalization)
+        self.normalization = normalization
+        self.register_buffer("mean", torch.tensor(normalization.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(normalization.std, dtype=torch.float32).view(1, 3, 1, 1))
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().half().to(memory_format=self.layout)  # type: ignore[call-overload]
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """uint8 NHWC → float32 NCHW network input (``normalize_batch``)."""
+        x = image.to(torch.float32).permute(0, 3, 1, 2)
+        if self.normalization.channel_order == "BGR":
+            x = x.flip(1)
+        return (x * self.normalization.scale - self.mean) / self.std
 
     def forward(self, image: Tensor) -> Tensor:
         x = self.normalize(image).half().contiguous(memory_format=self.layout)

@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from bench import forward, gpu_check
 from bench.backends import GPU_BACKENDS
+from common.metadata import Normalization
+from export.graph import Normalize
 from tests.trtfake import install
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,3 +92,14 @@ def test_forward_gpu_rows_say_why_they_cannot_run_here(tmp_path: Path) -> None:
     assert "onnxruntime-gpu" in report["skipped"]["ort-cuda-fp32"]
     assert "torch.cuda.is_available() is False" in report["skipped"]["torch-cuda-fp16-graph"]
     assert report["peak"]["gflops"] is None
+
+
+@pytest.mark.parametrize("normalization", [Normalization.caffe(), Normalization()], ids=["caffe", "rgb"])
+def test_the_fp16_graph_normalises_like_the_deployable_graph(normalization: Normalization) -> None:
+    """HalfFCN keeps its normalisation constants as buffers (a CUDA graph cannot capture their upload)."""
+    from bench.cuda import HalfFCN
+
+    images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (2, 9, 13, 3), dtype=np.uint8))
+    half = HalfFCN(torch.nn.Conv2d(3, 2, 1), normalization)
+    torch.testing.assert_close(half.normalize(images), Normalize(normalization)(images), rtol=0, atol=0)
+    assert half.mean.dtype == torch.float32 and half.model.weight.dtype == torch.float16
