@@ -259,7 +259,8 @@ print(json.dumps(sorted({f.relative_to(root).parts[0] for f in files if f.is_rel
 
 
 def test_the_images_copy_every_package_the_server_and_engine_step_import():
-    """The server (both images) and the engine step (GPU image) import only packages the images copy."""
+    """The server (both images) and the engine step (GPU image) import only packages the images copy (and
+    the build context admits)."""
     import subprocess
 
     result = subprocess.run(
@@ -273,3 +274,5 @@ def test_the_images_copy_every_package_the_server_and_engine_step_import():
         text = (REPO_ROOT / "docker" / dockerfile).read_text()
         copied = set(re.findall(r"^COPY (\w+)/ \1/$", text, re.M))
         assert needed <= copied, f"{dockerfile} does not copy {sorted(needed - copied)}"
+    admitted = set(re.findall(r"^!(\w+)/$", (REPO_ROOT / ".dockerignore").read_text(), re.M))
+    assert packages | {build_script} <= admitted, f".dockerignore keeps out {sorted(packages - admitted)}"
