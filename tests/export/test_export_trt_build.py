@@ -82,6 +82,18 @@ def test_the_shipped_graphs_pass_the_lint_and_the_fake_parser(path: Path) -> Non
     assert parse(FakeTensorRT(), path) == (True, [])
 
 
+def test_the_export_lints_its_graph(monkeypatch, exported, checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """``python -m export.onnx`` writes nothing TensorRT's parser would reject (here: without the pass)."""
+    from export import onnx as export_onnx
+
+    assert "the TensorRT graph lint (export/trtlint.py) passed" in exported.log
+    monkeypatch.setattr(export_onnx, "shapes_from_cast", lambda model: 0)
+    out = tmp_path / "m.onnx"
+    assert export_onnx.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 1
+    assert "node 'node_Shape_0' (Shape): reads the UINT8 tensor 'image'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_build_engine_lints_before_tensorrt_sees_the_graph(monkeypatch, raw_trace: Path) -> None:
     install(monkeypatch)
     with pytest.raises(trt.EngineBuildError, match=r"node_Shape_0.*\n.*node_Shape_1"):

@@ -81,7 +81,8 @@ def test_engine_without_sidecar_is_refused_in_one_line(tmp_path: Path) -> None:
 def test_mismatched_engine_falls_back_to_onnx_runtime_where_configured(
     tmp_path: Path, tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``backend=auto`` with the engine's ``.onnx`` beside it: ONNX Runtime serves, with a warning."""
+    """``backend=auto`` with the engine's ``.onnx`` beside it: ONNX Runtime serves; the reason is logged as
+    an error and carried as the backend's fallback."""
     plan = _engine(tmp_path, gpu="NVIDIA A100-SXM4-80GB", capability="8.0", version="10.13.0")
     shutil.copy(tiny_models["good"], plan.with_suffix(".onnx"))
     with caplog.at_level(logging.ERROR):
