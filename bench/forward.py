@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,6 +135,7 @@ def sweep(
     budget_s: float | None,
     max_batch: dict[str, int] | None = None,
     gflop_per_image: float,
+    make_images: Callable[[int, int, int], np.ndarray] = photograph_batch,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Time every runner at growing batch sizes; returns the rows and why each backend stopped early.
 
@@ -156,7 +157,7 @@ def sweep(
             log(f"stopping before batch {batch}: the budget of {budget_s:g} s would be overrun")
             break
         log(f"batch {batch}: {', '.join(r.name for r in active)} ({warmup} warm-up + {runs} timed rounds)")
-        samples, failed = time_batch(active, photograph_batch(batch, height, width), warmup, runs)
+        samples, failed = time_batch(active, make_images(batch, height, width), warmup, runs)
         stopped.update(failed)
         for runner in active:
             if runner.name in samples:
@@ -182,6 +183,11 @@ def sweep(
             next_active.append(runner)
         active = next_active
     return rows, stopped
+
+
+def random_pixels(batch: int, height: int, width: int) -> np.ndarray:
+    """uint8 noise of the batch's shape (``--random-pixels``: the FCN's time does not depend on content)."""
+    return np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
 
 
 def apply_peak(rows: list[dict[str, Any]], peak_gflops: float | None) -> None:
@@ -310,6 +316,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-gflops", type=float, help="use this device peak instead of measuring it")
     parser.add_argument("--no-peak", action="store_true", help="do not measure the CPU float32 peak")
     parser.add_argument(
+        "--random-pixels", action="store_true", help="time noise images (where scikit-image's photos are not)"
+    )
+    parser.add_argument(
         "--gpu", action="store_true", help=f"the GPU rows only ({', '.join(GPU_BACKENDS)}), no CPU peak"
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the ONNX files are cached")
@@ -367,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, stopped = sweep(
         runners, args.batch_sizes, height, width, warmup=args.warmup, runs=args.runs,
         max_seconds=args.max_seconds, budget_s=args.budget_s, gflop_per_image=gflop, max_batch=args.max_batch,
+        make_images=random_pixels if args.random_pixels else photograph_batch,
     )  # fmt: skip
     if args.no_peak:
         peak: dict[str, Any] = {"gflops": None, "method": "not measured", "description": "--no-peak"}
@@ -385,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peak": peak,
         "model": asdict(spec) | {"height": height, "image_width": width, "gflop_per_image": gflop},
         "settings": {
-            k: args.__dict__[k] for k in ("warmup", "runs", "max_seconds", "max_batch", "budget_s", "threads")
+            k: args.__dict__[k]
+            for k in ("warmup", "runs", "max_seconds", "max_batch", "budget_s", "threads", "random_pixels")
         },
         "paper": {"fcn8s_ms": PAPER_FCN8S_MS, "fcn_vgg16_ms": PAPER_FCN_VGG16_MS, "device": PAPER_GPU},
         "backends": {r.name: r.description for r in runners},

@@ -371,6 +371,8 @@ def forward(args: argparse.Namespace, budget_s: float) -> dict[str, Any]:
             "--note", "bench.gpu_check"]  # fmt: skip
     if not _module("matplotlib"):
         argv.append("--no-plot")
+    if not _module("skimage"):
+        argv.append("--random-pixels")
     code = bench_forward.main(argv)
     report = json.loads((out / "forward.json").read_text())
     rows = {f"{r['backend']} x{r['batch']}": round(r["ms_per_image"], 3) for r in report["results"]}
@@ -425,6 +427,8 @@ def run_check(name: str, body: Callable[[], dict[str, Any]]) -> Outcome:
         outcome.status = "passed"
     except Skip as reason:
         outcome.reason = str(reason)
+    except ModuleNotFoundError as error:  # this machine lacks a package the check needs
+        outcome.reason = f"needs the Python package {error.name!r}, not installed here"
     except AssertionError as error:
         outcome.status, outcome.reason = "failed", str(error) or "assertion failed"
     except Exception as error:  # a crash is a failed check with its traceback, not a lost run

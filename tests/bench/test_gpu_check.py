@@ -103,3 +103,27 @@ def test_the_fp16_graph_normalises_like_the_deployable_graph(normalization: Norm
     half = HalfFCN(torch.nn.Conv2d(3, 2, 1), normalization)
     torch.testing.assert_close(half.normalize(images), Normalize(normalization)(images), rtol=0, atol=0)
     assert half.mean.dtype == torch.float32 and half.model.weight.dtype == torch.float16
+
+
+def test_a_check_outcome_for_each_way_it_can_end() -> None:
+    def missing() -> dict:
+        import no_such_package_here  # noqa: F401
+
+        return {}
+
+    def wrong() -> dict:
+        raise AssertionError("FP16 agrees on 90%")
+
+    def crash() -> dict:
+        raise RuntimeError("CUDA error")
+
+    assert gpu_check.run_check("a", missing).status == "skipped"
+    assert "no_such_package_here" in gpu_check.run_check("a", missing).reason
+    assert (gpu_check.run_check("b", wrong).status, gpu_check.run_check("b", wrong).reason) == (
+        "failed",
+        "FP16 agrees on 90%",
+    )
+    crashed = gpu_check.run_check("c", crash)
+    assert crashed.status == "failed" and "RuntimeError: CUDA error" in crashed.reason
+    assert crashed.details["traceback"]
+    assert gpu_check.run_check("d", lambda: {"x_vs_y": 1.0}).status == "passed"
