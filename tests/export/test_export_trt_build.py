@@ -226,3 +226,30 @@ def test_build_engine_cli_refuses_an_fp32_engine_from_an_fp16_graph_that_is_not(
 def _save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "opt", "high"),
+    [
+        ("image", (1, 64, 64, 3), (1, 32, 32, 3), (1, 128, 128, 3)),  # min > opt
+        ("input", (1, 32, 32, 3), (1, 64, 64, 3), (1, 128, 128, 3)),  # not the network's input
+        ("image", (1, 32, 32), (1, 64, 64), (1, 128, 128)),  # wrong rank
+        ("image", (1, 32, 32, 1), (1, 64, 64, 3), (1, 128, 128, 3)),  # a fixed dim (channels) varies
+    ],
+)
+def test_the_fake_builder_refuses_an_invalid_profile(exported, name, low, opt, high) -> None:
+    """``build_serialized_network`` returns None (the real builder logs why) for a profile that breaks
+    ``IOptimizationProfile.set_shape``'s documented conditions; a valid one builds."""
+    fake = FakeTensorRT()
+    builder = fake.Builder(None)
+    network = builder.create_network(0)
+    assert fake.OnnxParser(network, None).parse_from_file(str(exported.onnx))
+
+    def build(*shape: tuple) -> object:
+        config, profile = builder.create_builder_config(), builder.create_optimization_profile()
+        profile.set_shape(*shape)
+        config.add_optimization_profile(profile)
+        return builder.build_serialized_network(network, config)
+
+    assert build(name, low, opt, high) is None
+    assert build("image", (1, 32, 32, 3), (2, 64, 64, 3), (4, 128, 128, 3)) is not None
