@@ -136,35 +136,80 @@ def _require_cuda() -> None:
         raise Unavailable("no CUDA GPU (torch.cuda.is_available() is False)")
 
 
-def ort_cuda_fp32(context: BuildContext) -> Runner:
+def _require_ort_cuda() -> None:
+    """Checked before any export: the full-size ONNX takes minutes to make."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise Unavailable("this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)")
     _require_cuda()
-    path = fp32_onnx(context.spec, context.cache, context.rebuild)
+
+
+def _ort_cuda(context: BuildContext, path: Path, name: str, precision: str, what: str) -> Runner:
+    import onnxruntime as ort
+
+    from server.backends.ort import preload_cuda_libraries
+
+    problem = preload_cuda_libraries(ort)
     session = _ort_session(path, context.threads, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise Unavailable(f"ONNX Runtime fell back to {session.get_providers()} (no usable CUDA device)")
-    return _ort_runner("ort-cuda-fp32", "fp32", "ONNX Runtime CUDA EP, deployable FP32 graph", session)
+        raise Unavailable(f"ONNX Runtime fell back to {session.get_providers()} {problem}".rstrip())
+    return _ort_runner(name, precision, f"ONNX Runtime CUDA EP, {what}", session)
 
 
-def torch_cuda_fp16(context: BuildContext) -> Runner:
+def ort_cuda_fp32(context: BuildContext) -> Runner:
+    _require_ort_cuda()
+    path = fp32_onnx(context.spec, context.cache, context.rebuild)
+    return _ort_cuda(context, path, "ort-cuda-fp32", "fp32", "deployable FP32 graph")
+
+
+def ort_cuda_fp16(context: BuildContext) -> Runner:
+    _require_ort_cuda()
+    return _ort_cuda(context, fp16_onnx(context), "ort-cuda-fp16", "fp16", "FP16 graph (export.fp16)")
+
+
+def _torch_cuda_fp16(context: BuildContext, graphs: bool) -> Runner:
+    """The FP16 graph of ``export.fp16`` in PyTorch on the GPU (channels-last), eager or from CUDA graphs."""
     _require_cuda()
     import torch
 
-    from export.graph import deployable_graph
+    from bench.cuda import HalfFCN, Replay
+    from export.graph import export_friendly
 
-    graph = deployable_graph(random_model(context.spec), context.spec.metadata(), friendly=False).cuda()
+    torch.backends.cudnn.benchmark = True  # one algorithm search per shape, in the untimed warm-up
+    network, _ = export_friendly(random_model(context.spec))
+    module = HalfFCN(network, context.spec.metadata().normalization).cuda()
+    if graphs:
+        replay = Replay(module)
+        prepare, run = replay.prepare, replay.run
+    else:
 
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
-            return graph(torch.from_numpy(images).cuda(non_blocking=True)).cpu().numpy()
+        def prepare(images: np.ndarray) -> Any:
+            return torch.from_numpy(images).pin_memory()
 
+        def run(pinned: Any) -> np.ndarray:
+            with torch.inference_mode():
+                return module(pinned.cuda(non_blocking=True)).cpu().numpy()
+
+    how = "one CUDA graph per batch shape" if graphs else "eager"
     return Runner(
-        "torch-cuda-fp16", "cuda", "fp16", "PyTorch eager CUDA, autocast FP16, host uint8 in / labels out",
-        prepare=lambda images: images, run=run,
+        "torch-cuda-fp16-graph" if graphs else "torch-cuda-fp16", "cuda", "fp16",
+        f"PyTorch CUDA, FP16 network channels-last ({how}), FP32 normalisation, pinned uint8 in / labels out",
+        prepare=prepare, run=run,
     )  # fmt: skip
+
+
+def fp16_onnx(context: BuildContext) -> Path:
+    """The FP16 conversion (``export.fp16``) of the FP32 ONNX, cached beside it."""
+    import onnx
+
+    from export.fp16 import convert_to_fp16
+
+    path = Path(context.cache) / f"{context.spec.key}-fp16.onnx"
+    if not path.exists() or context.rebuild:
+        fp32 = onnx.load(str(fp32_onnx(context.spec, context.cache, context.rebuild)))
+        onnx.save(convert_to_fp16(fp32).model, str(path))
+    return path
 
 
 def trt_fp16(context: BuildContext) -> Runner:
@@ -176,15 +221,9 @@ def trt_fp16(context: BuildContext) -> Runner:
         environment()
     except TensorRTUnavailable as error:
         raise Unavailable(str(error)) from error
-    import onnx
-
-    from export.fp16 import convert_to_fp16
-
     plan = Path(context.cache) / f"{context.spec.key}-fp16.plan"
     if not plan.exists() or context.rebuild:
-        fp16 = plan.with_suffix(".onnx")
-        onnx.save(convert_to_fp16(onnx.load(str(fp32_onnx(context.spec, context.cache)))).model, str(fp16))
-        plan.write_bytes(trt.build_engine(fp16, trt.BuildOptions(profile=BENCH_PROFILE)).plan)
+        plan.write_bytes(trt.build_engine(fp16_onnx(context), trt.BuildOptions(profile=BENCH_PROFILE)).plan)
     runner = TensorRTRunner(plan)
     return Runner(
         "trt-fp16", "cuda", "fp16", f"TensorRT FP16 engine (profile {BENCH_PROFILE}), uint8 in / labels out",
@@ -200,6 +239,10 @@ BACKENDS: dict[str, Callable[[BuildContext], Runner]] = {
     "ort-cpu-int8": ort_cpu_int8,
     "trt-fp16": trt_fp16,
     "ort-cuda-fp32": ort_cuda_fp32,
-    "torch-cuda-fp16": torch_cuda_fp16,
+    "ort-cuda-fp16": ort_cuda_fp16,
+    "torch-cuda-fp16": lambda context: _torch_cuda_fp16(context, graphs=False),
+    "torch-cuda-fp16-graph": lambda context: _torch_cuda_fp16(context, graphs=True),
 }
 """Every backend by name, in report order."""
+GPU_BACKENDS = ("torch-cuda-fp16", "torch-cuda-fp16-graph", "ort-cuda-fp32", "ort-cuda-fp16", "trt-fp16")
+"""The GPU rows (each skips, saying why, where its GPU, onnxruntime-gpu or TensorRT is missing)."""

@@ -2,6 +2,7 @@
 
     python -m bench.forward                       # width 1.0, 500x500, batches 1..16, every backend here
     python -m bench.forward --quick --out-dir /tmp/q
+    python -m bench.forward --gpu                 # the GPU rows only (PyTorch CUDA FP16, ORT CUDA, TensorRT)
 
 All backends run in one process, interleaved round by round (round r starts at backend r mod k), so their
 ratios hold on a noisy machine. Each (backend, batch) gets ``--warmup`` untimed runs and ``--runs`` timed
@@ -18,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.backends import BACKENDS, BuildContext, Runner, Unavailable
+from bench.backends import BACKENDS, GPU_BACKENDS, BuildContext, Runner, Unavailable
 from bench.flops import fcn_gflop
 from bench.images import photograph_batch
 from bench.machine import describe_machine, machine_slug, usable_cores
@@ -134,6 +135,7 @@ def sweep(
     budget_s: float | None,
     max_batch: dict[str, int] | None = None,
     gflop_per_image: float,
+    make_images: Callable[[int, int, int], np.ndarray] = photograph_batch,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Time every runner at growing batch sizes; returns the rows and why each backend stopped early.
 
@@ -155,7 +157,7 @@ def sweep(
             log(f"stopping before batch {batch}: the budget of {budget_s:g} s would be overrun")
             break
         log(f"batch {batch}: {', '.join(r.name for r in active)} ({warmup} warm-up + {runs} timed rounds)")
-        samples, failed = time_batch(active, photograph_batch(batch, height, width), warmup, runs)
+        samples, failed = time_batch(active, make_images(batch, height, width), warmup, runs)
         stopped.update(failed)
         for runner in active:
             if runner.name in samples:
@@ -183,12 +185,17 @@ def sweep(
     return rows, stopped
 
 
-def apply_peak(rows: list[dict[str, Any]], peak_gflops: float) -> None:
+def random_pixels(batch: int, height: int, width: int) -> np.ndarray:
+    """uint8 noise of the batch's shape (``--random-pixels``: the FCN's time does not depend on content)."""
+    return np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+
+
+def apply_peak(rows: list[dict[str, Any]], peak_gflops: float | None) -> None:
     """Set each FP32 CPU row's share of the measured float32 peak (INT8 rows would compare integer work with
     a float peak, GPU rows have no measured peak: None)."""
     for row in rows:
         fp32_cpu = row["device"] == "cpu" and row["precision"] == "fp32"
-        row["peak_share"] = row["gflops"] / peak_gflops if fp32_cpu and peak_gflops > 0 else None
+        row["peak_share"] = row["gflops"] / peak_gflops if fp32_cpu and peak_gflops else None
 
 
 def measure_peaks(threads: int, quick: bool, start: dict[str, Any] | None) -> dict[str, Any]:
@@ -307,6 +314,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=usable_cores(), help="intra-op threads (default: all cores)"
     )
     parser.add_argument("--peak-gflops", type=float, help="use this device peak instead of measuring it")
+    parser.add_argument("--no-peak", action="store_true", help="do not measure the CPU float32 peak")
+    parser.add_argument(
+        "--random-pixels", action="store_true", help="time noise images (where scikit-image's photos are not)"
+    )
+    parser.add_argument(
+        "--gpu", action="store_true", help=f"the GPU rows only ({', '.join(GPU_BACKENDS)}), no CPU peak"
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the ONNX files are cached")
     parser.add_argument("--rebuild", action="store_true", help="re-export and re-quantise the cached models")
     parser.add_argument("--machine", help="results folder name (default: from the CPU/GPU model)")
@@ -320,6 +334,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="tiny net, 64x64 images, 3 runs: a smoke test")
     args = parser.parse_args(argv)
+    if args.gpu:
+        args.backends, args.no_peak = args.backends or list(GPU_BACKENDS), True
     if args.quick:
         args.model_width, args.size, args.batch_sizes = QUICK_WIDTH, [64, 64], [1, 2]
         args.warmup, args.runs = 1, 3
@@ -351,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{spec.key} at {height}x{width}: {gflop:.1f} GFLOP"
     )
     peak_start = None
-    if not args.peak_gflops:
+    if not (args.peak_gflops or args.no_peak):
         log("measuring the CPU float32 peak (again after the sweep)")
         peak_start = measure_peak(args.threads, quick=args.quick).to_dict()
         log(f"peak {peak_start['gflops']:.0f} GFLOP/s: {peak_start['description']}")
@@ -360,9 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, stopped = sweep(
         runners, args.batch_sizes, height, width, warmup=args.warmup, runs=args.runs,
         max_seconds=args.max_seconds, budget_s=args.budget_s, gflop_per_image=gflop, max_batch=args.max_batch,
+        make_images=random_pixels if args.random_pixels else photograph_batch,
     )  # fmt: skip
-    if args.peak_gflops:
-        peak: dict[str, Any] = {"gflops": args.peak_gflops, "method": "given", "description": "--peak-gflops"}
+    if args.no_peak:
+        peak: dict[str, Any] = {"gflops": None, "method": "not measured", "description": "--no-peak"}
+    elif args.peak_gflops:
+        peak = {"gflops": args.peak_gflops, "method": "given", "description": "--peak-gflops"}
     else:
         peak = measure_peaks(args.threads, args.quick, peak_start)
     apply_peak(rows, peak["gflops"])
@@ -376,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peak": peak,
         "model": asdict(spec) | {"height": height, "image_width": width, "gflop_per_image": gflop},
         "settings": {
-            k: args.__dict__[k] for k in ("warmup", "runs", "max_seconds", "max_batch", "budget_s", "threads")
+            k: args.__dict__[k]
+            for k in ("warmup", "runs", "max_seconds", "max_batch", "budget_s", "threads", "random_pixels")
         },
         "paper": {"fcn8s_ms": PAPER_FCN8S_MS, "fcn_vgg16_ms": PAPER_FCN_VGG16_MS, "device": PAPER_GPU},
         "backends": {r.name: r.description for r in runners},
@@ -386,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets,
     }
     print(f"\nFCN forward pass, {spec.key} at {height}x{width} ({gflop:.1f} GFLOP/image) on {slug}")
-    print(f"peak {peak['gflops']:.0f} GFLOP/s ({peak['description']}; higher of the runs before/after)\n")
+    if peak["gflops"]:
+        print(f"peak {peak['gflops']:.0f} GFLOP/s ({peak['description']}; higher of the runs before/after)\n")
     print(format_table(rows))
     for name, reason in {**skipped, **stopped}.items():
         print(f"  {name}: {reason}")

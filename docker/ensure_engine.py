@@ -8,8 +8,15 @@ machine, into the engine-cache volume, and reused while its sidecar still matche
                    with the same $FCN_ENGINE_BUILD_ARGS (recorded in <engine>.args.json)
     otherwise  -> python export/build_engine.py --onnx ONNX --out ENGINE $FCN_ENGINE_BUILD_ARGS
 
-Either way the ONNX is linked beside the engine (<engine stem>.onnx), so the server's ``auto`` backend can
-fall back to ONNX Runtime if the engine is refused. Exit 0 when the cache holds a usable engine.
+Replicas may share the cache: the check and the build run under an exclusive lock on ``<engine>.lock``
+(``engine.cache``), and the check is repeated once the lock is held, so a replica that waited finds the
+engine another one built. Either way the ONNX is linked beside the engine (``<engine stem>.onnx``).
+
+A failed build is not an outage: the stale engine files are removed (an engine built from another ONNX
+must not be served), ``<engine>.failed.json`` records why, the failure is logged loudly, and the step
+still exits 0, so the server starts (compose's ``service_completed_successfully``, a Kubernetes init
+container) and its ``auto`` backend serves the ONNX with ONNX Runtime (CUDA, else CPU), reporting the
+fallback in ``/v1/model`` and ``fcn_backend_info``. Exit 2 only when there is nothing to serve (bad paths).
 """
 
 from __future__ import annotations
@@ -24,11 +31,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.digest import file_sha256
+from engine.cache import CacheLocked, cache_lock, clear_build_failure, write_atomic, write_build_failure
 from engine.runtime import compatibility_problems
-from engine.spec import Sidecar, SidecarError, read_sidecar
+from engine.spec import Sidecar, SidecarError, read_sidecar, sidecar_path
 
 log = logging.getLogger("ensure_engine")
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "export" / "build_engine.py"
+LOCK_TIMEOUT_S = 3600.0
+"""How long a replica waits for another one's build before giving up (and serving the ONNX)."""
+Build = Callable[[list[str]], tuple[int, str]]
+"""Runs the build command; returns its exit code and its last error line."""
 
 
 def args_path(plan: Path) -> Path:
@@ -69,35 +81,72 @@ def link_onnx(plan: Path, onnx: Path) -> None:
     link.symlink_to(onnx.resolve())
 
 
+def run_build(command: list[str]) -> tuple[int, str]:
+    """Run ``build_engine.py`` with its output streamed to ours; the exit code and the last stderr line."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    last = ""
+    for line in process.stderr:
+        sys.stderr.write(line)
+        last = line.strip() or last
+    return process.wait(), last
+
+
+def _fail_loudly(plan: Path, reason: str, code: int) -> None:
+    for path in (plan, sidecar_path(plan), args_path(plan)):
+        path.unlink(missing_ok=True)  # a stale engine from another ONNX or other flags must not be served
+    record = write_build_failure(plan, reason, code)
+    log.error("=" * 78)
+    log.error("ENGINE BUILD FAILED (exit code %d): %s", code, reason)
+    log.error("the server will serve the ONNX with ONNX Runtime instead (CUDA if it loads, else CPU);")
+    log.error("/v1/model and the fcn_backend_info metric report the fallback; record: %s", record)
+    log.error("=" * 78)
+
+
+def _build_under_lock(
+    plan: Path, onnx: Path, build_args: list[str], problems: Callable[[Sidecar], list[str]], build: Build
+) -> None:
+    reason = miss_reason(plan, onnx, build_args, problems)  # again: another replica may have built it
+    if reason is None:
+        log.info("engine cache hit after waiting for the lock: %s was built meanwhile", plan)
+        return
+    log.info("building %s from %s: %s", plan, onnx, reason)
+    args_path(plan).unlink(missing_ok=True)  # a failed build must not leave a "hit" behind
+    code, error = build(
+        [sys.executable, str(BUILD_SCRIPT), "--onnx", str(onnx), "--out", str(plan), *build_args]
+    )
+    if code != 0:
+        _fail_loudly(plan, error or f"build_engine.py exited with {code}", code)
+        return
+    write_atomic(args_path(plan), (json.dumps(build_args) + "\n").encode())
+    clear_build_failure(plan)
+    log.info("engine ready: %s", plan)
+
+
 def ensure(
     plan: Path,
     onnx: Path,
     build_args: list[str],
     problems: Callable[[Sidecar], list[str]] = compatibility_problems,
-    build: Callable[[list[str]], int] = lambda cmd: subprocess.run(cmd, check=False).returncode,
+    build: Build = run_build,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> int:
-    """Reuse or build the engine; returns the process exit code."""
+    """Reuse or build the engine; returns the process exit code (0 also after a failed build)."""
     if plan.suffix != ".plan":
         log.error("FCN_MODEL must name the engine to make (*.plan), got %s", plan)
         return 2
     if not onnx.is_file():
         log.error("FCN_ENGINE_ONNX %s is not a file (is the model directory mounted at /models?)", onnx)
         return 2
-    reason = miss_reason(plan, onnx, build_args, problems)
-    if reason is None:
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    if miss_reason(plan, onnx, build_args, problems) is None:
         log.info("engine cache hit: %s matches this GPU, TensorRT and %s; not rebuilding", plan, onnx.name)
     else:
-        log.info("building %s from %s: %s", plan, onnx, reason)
-        plan.parent.mkdir(parents=True, exist_ok=True)
-        args_path(plan).unlink(missing_ok=True)  # a failed build must not leave a "hit" behind
-        code = build(
-            [sys.executable, str(BUILD_SCRIPT), "--onnx", str(onnx), "--out", str(plan), *build_args]
-        )
-        if code != 0:
-            log.error("build_engine.py failed with exit code %d", code)
-            return code
-        args_path(plan).write_text(json.dumps(build_args) + "\n")
-        log.info("engine ready: %s", plan)
+        try:
+            with cache_lock(plan, timeout_s=lock_timeout_s):
+                _build_under_lock(plan, onnx, build_args, problems, build)
+        except CacheLocked as error:
+            log.error("%s; not building: the server serves the ONNX unless the engine appears", error)
     link_onnx(plan, onnx)
     return 0
 

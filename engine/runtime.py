@@ -4,6 +4,11 @@ The only module that imports ``tensorrt`` (and the CUDA runtime binding from ``c
 build (``export/trt.py``) takes :data:`trt` from here. It imports without them: every entry point
 raises :class:`TensorRTUnavailable` naming what is missing. The API used is valid for TensorRT 10.12+
 and 11.x: named I/O tensors, ``execute_async_v3``.
+
+CUDA objects of ``cuda-bindings`` (a ``cudaStream_t``) are passed to TensorRT as the plain integer
+``cuda.bindings.utils.get_cuda_native_handle(obj)`` returns ("Returns the address of the provided CUDA
+Python object as a Python int"), not ``int(obj)``, which cuda-bindings 13 deprecates; errors are compared
+with ``cudaError_t.cudaSuccess``, not with ``0``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ import numpy as np
 from common.contract import INPUT_NAME, LABELS_NAME
 from engine.spec import Sidecar, mismatches
 
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT, the CUDA runtime binding or a CUDA GPU is missing (the message says which)."""
+
+
 try:
     import tensorrt as trt
 except ImportError:  # pragma: no cover - depends on the machine
@@ -25,15 +35,13 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 try:
     from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    from cuda.bindings.utils import get_cuda_native_handle
 except ImportError:  # pragma: no cover - depends on the machine
-    try:
-        from cuda import cudart  # older cuda-python
-    except ImportError:
-        cudart = None
+    cudart = None
 
-
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT, the CUDA runtime binding or a CUDA GPU is missing (the message says which)."""
+    def get_cuda_native_handle(obj: Any) -> int:
+        """Without cuda-bindings there is no CUDA object to unwrap (every entry point says it is missing)."""
+        raise TensorRTUnavailable("the CUDA runtime binding is not installed (pip install cuda-python)")
 
 
 @dataclass(frozen=True)
@@ -66,26 +74,35 @@ def _dims(dims: trt.Dims) -> tuple[int, ...]:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
+def _succeeded(error: Any) -> bool:
+    return bool(error == _cudart().cudaError_t.cudaSuccess)
+
+
 def _check(result: Any) -> Any:
     """Unpack a cuda-python ``(error, *values)`` tuple, raising on an error."""
     error, *values = result if isinstance(result, tuple) else (result,)
-    if int(error) != 0:
+    if not _succeeded(error):
         name = getattr(error, "name", str(error))
         raise RuntimeError(f"CUDA runtime error {name}")
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def environment(device: int = 0) -> Environment:
-    """TensorRT version, GPU name and compute capability; :class:`TensorRTUnavailable` if any is missing."""
-    require_tensorrt()
+def gpu(device: int = 0) -> tuple[str, str]:
+    """The GPU's name and compute capability (needs the CUDA runtime binding, not TensorRT)."""
     runtime = _cudart()
     error, count = runtime.cudaGetDeviceCount()
-    if int(error) != 0 or count == 0:
+    if not _succeeded(error) or count == 0:
         raise TensorRTUnavailable(f"no CUDA GPU found ({getattr(error, 'name', error)})")
     properties = _check(runtime.cudaGetDeviceProperties(device))
     name = properties.name
     name = name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
-    return Environment(str(trt.__version__), name, f"{properties.major}.{properties.minor}")
+    return name, f"{properties.major}.{properties.minor}"
+
+
+def environment(device: int = 0) -> Environment:
+    """TensorRT version, GPU name and compute capability; :class:`TensorRTUnavailable` if any is missing."""
+    require_tensorrt()
+    return Environment(str(trt.__version__), *gpu(device))
 
 
 def logger() -> Any:
@@ -109,7 +126,7 @@ def compatibility_problems(sidecar: Sidecar) -> list[str]:
     )
 
 
-class _DeviceBuffer:
+class DeviceBuffer:
     """A device allocation that grows on demand."""
 
     def __init__(self) -> None:
@@ -158,7 +175,8 @@ class TensorRTRunner:
         self.min_shape, self.max_shape = _dims(low), _dims(high)
         self._context = self._engine.create_execution_context()
         self._stream = _check(runtime.cudaStreamCreate())
-        self._buffers = {n: _DeviceBuffer() for n in names}
+        self._stream_handle = get_cuda_native_handle(self._stream)
+        self._buffers = {n: DeviceBuffer() for n in names}
         self._lock = threading.Lock()
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -181,15 +199,15 @@ class TensorRTRunner:
                     pointer, images.ctypes.data, images.nbytes, _host_to_device(), self._stream
                 )
             )
-            self._context.set_tensor_address(INPUT_NAME, pointer)
+            self._set_address(INPUT_NAME, pointer)
             labels = np.empty(0, dtype=np.uint8)
             for name in self._outputs:
                 out_shape = _dims(self._context.get_tensor_shape(name))
                 nbytes = int(np.prod(out_shape)) * self._dtypes[name].itemsize
-                self._context.set_tensor_address(name, self._buffers[name].ensure(max(nbytes, 1)))
+                self._set_address(name, self._buffers[name].ensure(max(nbytes, 1)))
                 if name == LABELS_NAME:
                     labels = np.empty(out_shape, dtype=self._dtypes[name])
-            if not self._context.execute_async_v3(self._stream):
+            if not self._context.execute_async_v3(self._stream_handle):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             source = self._buffers[LABELS_NAME].pointer
             _check(
@@ -199,6 +217,10 @@ class TensorRTRunner:
             )
             _check(runtime.cudaStreamSynchronize(self._stream))
         return labels.astype(np.uint8, copy=False)
+
+    def _set_address(self, name: str, pointer: int) -> None:
+        if not self._context.set_tensor_address(name, pointer):
+            raise RuntimeError(f"TensorRT refused the device address of tensor {name!r}")
 
     def close(self) -> None:
         """Free device buffers and the stream."""

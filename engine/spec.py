@@ -15,6 +15,7 @@ from typing import Any
 
 from common.geometry import Profile
 from common.metadata import ModelMetadata
+from engine.cache import write_atomic
 
 SIDECAR_SUFFIX = ".json"
 FORMAT_VERSION = 1
@@ -81,9 +82,9 @@ def sidecar_path(plan: Path) -> Path:
 
 
 def write_sidecar(plan: Path, sidecar: Sidecar) -> Path:
-    """Write the sidecar next to the plan; returns its path."""
+    """Write the sidecar next to the plan (atomically, :func:`~engine.cache.write_atomic`); its path."""
     path = sidecar_path(plan)
-    path.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
+    write_atomic(path, (json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     return path
 
 

@@ -5,7 +5,8 @@
 Strongly typed build (TensorRT 10.12+ and 11.x): the precision is the ONNX graph's, so build from the
 FP16 ONNX (``python -m export.fp16``) for an FP16 engine; the engine inspector then confirms that the
 convolutions really run in FP16. One optimisation profile for ``image`` [N, H, W, 3] from the flags; a
-timing cache file (keyed by TensorRT version and GPU) is reused between builds. ``--verify`` compares
+timing cache file (keyed by TensorRT version, GPU name and compute capability) is reused between builds.
+Plan, sidecar and timing cache are written atomically (``engine.cache``). ``--verify`` compares
 the engine's labels with ONNX Runtime running the FP32 graph. ``--triton-repo`` also writes a Triton
 model repository. Without TensorRT or a CUDA GPU it exits with status 2 and one line saying what is
 missing.
@@ -21,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
 
 import argparse
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -38,6 +40,7 @@ from common.geometry import (
     Profile,
     ServingGeometry,
 )
+from engine.cache import write_atomic
 from engine.spec import Sidecar, write_sidecar
 
 EXIT_UNAVAILABLE = 2
@@ -81,7 +84,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timing-cache",
         type=Path,
-        help="timing cache file (default: OUT's folder, per TensorRT version and GPU)",
+        help="timing cache file (default: OUT's folder, per TensorRT version, GPU and compute capability)",
     )
     parser.add_argument("--verify", action="store_true", help="compare labels with ONNX Runtime FP32")
     parser.add_argument(
@@ -104,6 +107,13 @@ def choose_profile(args: argparse.Namespace, network: NetworkGeometry) -> Profil
     derived = geometry.engine_profile(args.max_batch_size)
     given = {f: getattr(args, f) for f in PROFILE_FIELDS if getattr(args, f) is not None}
     return replace(derived, **given)
+
+
+def timing_cache_path(folder: Path, tensorrt_version: str, gpu_name: str, compute_capability: str) -> Path:
+    """The default timing cache of a build: one per TensorRT version, GPU name and compute capability
+    (two GPUs of one capability, e.g. A100 40 GB and 80 GB, H100 and H200, have different timings)."""
+    gpu = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
+    return folder / f"timing-trt{tensorrt_version}-{gpu}-sm{compute_capability.replace('.', '')}.cache"
 
 
 def verify(plan: Path, reference: Path, images: list[np.ndarray], profile: Profile) -> float:
@@ -146,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     from common.contract import PROP_PRECISION, PROP_SHA256
     from common.onnxrt import read_metadata
-    from export.precision import PrecisionError, check_fp16, layer_precisions
+    from export.precision import PrecisionError, check_fp16, graph_convolutions, layer_precisions
 
     metadata, props = read_metadata(args.onnx)
     try:
@@ -159,24 +169,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verify and reference is None:
         print("build_engine: --verify needs --reference FP32.onnx for an FP16 graph", file=sys.stderr)
         return 1
-    cc = local.compute_capability.replace(".", "")
-    cache = args.timing_cache or args.out.parent / f"timing-trt{local.tensorrt_version}-sm{cc}.cache"
+    cache = args.timing_cache or timing_cache_path(
+        args.out.parent, local.tensorrt_version, local.gpu_name, local.compute_capability
+    )
     options = trt.BuildOptions(profile, int(args.workspace_gb * (1 << 30)), args.opt_level, cache)
-    log(f"TensorRT {local.tensorrt_version} on {local.gpu_name} (compute capability {cc[:-1]}.{cc[-1]})")
+    log(f"TensorRT {local.tensorrt_version} on {local.gpu_name} (sm {local.compute_capability})")
     log(f"building from {args.onnx} ({precision}); profile batch {profile.batches}, sides {profile.sides}")
-    state = "reused" if cache.is_file() else "new"
+    state = "found" if cache.is_file() else "new"
     log(f"timing cache {cache} ({state}); optimisation level {args.opt_level}")
     try:
         built = trt.build_engine(args.onnx, options)
+        for note in built.notes:
+            log(f"WARNING: {note}")
         report = layer_precisions(built.engine_information)
         log(f"built in {built.build_time_s:.1f} s: {report.summary()}")
         if precision == "fp16":
-            check_fp16(report)
+            for warning in check_fp16(report, graph=graph_convolutions(args.onnx)):
+                log(f"WARNING: {warning}")
     except (trt.EngineBuildError, PrecisionError) as error:
         print(f"build_engine: {error}", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(built.plan)
+    write_atomic(args.out, built.plan)
     sidecar = Sidecar(
         tensorrt_version=local.tensorrt_version, gpu_name=local.gpu_name,
         compute_capability=local.compute_capability, profile=profile, precision=precision,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 from common.contract import INPUT_NAME, LABELS_NAME, PROP_PRECISION
 from common.onnxrt import create_session
 from export.images import validation_images
+from export.trtlint import check as check_tensorrt_graph
 
 FP16_OP_TYPES = frozenset(
     {
@@ -169,7 +170,9 @@ def convert_to_fp16(
     kept = [
         _label(n)
         for i, n in enumerate(model.graph.node)
-        if i not in low and any(is_float(t) for t in [*n.input, *n.output]) and n.op_type != "Constant"
+        if i not in low
+        and any(is_float(t) for t in [*n.input, *n.output])
+        and n.op_type not in ("Constant", "Shape")  # no float arithmetic
     ]
     _set_precision(out, "fp16")
     onnx.checker.check_model(out, full_check=True)
@@ -258,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kept = len(conversion.fp32_nodes)
         log(f"{conversion.fp16_nodes} nodes in FP16, {kept} kept in FP32, {conversion.casts} casts")
         log(f"kept in FP32: {', '.join(conversion.fp32_nodes) or 'none'}")
+        check_tensorrt_graph(conversion.model, f"the FP16 graph of {args.onnx}")
+        log("the TensorRT graph lint (export/trtlint.py) passed")
         images = validation_images(args.images, args.count, (args.size, args.size))
         source = f"{args.images} (val)" if args.images else f"synthetic scenes {args.size}x{args.size}"
         log(f"measuring label agreement with FP32 on {len(images)} images from {source}")

@@ -6,7 +6,8 @@ The graph takes ``image`` uint8 ``[N, H, W, 3]`` RGB (N, H, W dynamic) and retur
 ``[N, H, W]`` (and ``scores`` float ``[N, C, H, W]`` with ``--scores``). The file is only written after
 ONNX Runtime agrees with PyTorch on every label of every check size (square, portrait, landscape, odd,
 a batch of 3, none of them the trace size), so an exporter that froze the crop offsets or sizes at the
-trace size fails here instead of in production.
+trace size fails here instead of in production, and after the TensorRT graph lint (:mod:`export.trtlint`)
+passed, so a graph TensorRT's parser would reject fails here too.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from common.metadata import ModelMetadata
 from common.onnxrt import create_session
 from export.graph import DeployableFCN, deployable_graph
 from export.images import synthetic_batch
-from export.passes import fold_pool_padding
+from export.passes import fold_pool_padding, labels_via_float, shapes_from_cast
+from export.trtlint import check as check_tensorrt_graph
 from training.model import FCNBase
 from training.weights import CheckpointError, load_checkpoint
 
@@ -234,15 +236,18 @@ def export_onnx(
     finally:
         partial.unlink(missing_ok=True)
     folded = fold_pool_padding(proto)
+    moved, relabelled = shapes_from_cast(proto), labels_via_float(proto)
     nodes = len(proto.graph.node)
     log(f"traced in {time.perf_counter() - start:.1f} s; {nodes} nodes ({folded} pads folded into pools)")
+    log(f"for TensorRT: {moved} Shape nodes read the input's Cast, {relabelled} uint8 outputs cast via FLOAT")
     name_output_dims(proto)
     set_properties(
         proto,
         {PROP_METADATA: metadata.to_json(), PROP_SHA256: source_sha256, PROP_PRECISION: "fp32"},
     )
     onnx.checker.check_model(proto, full_check=True)
-    log("onnx.checker (full check) passed")
+    check_tensorrt_graph(proto)
+    log("onnx.checker (full check) and the TensorRT graph lint (export/trtlint.py) passed")
     log(f"verifying ONNX Runtime against PyTorch on {len(shapes)} input shapes (trace shape {TRACE_SHAPE})")
     reference = deployable_graph(model, metadata, scores=True, friendly=False)
     checks = verify_onnx(proto, reference, shapes)

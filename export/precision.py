@@ -5,12 +5,17 @@ every layer with the data type of its inputs and outputs: ``"Format/Datatype"`` 
 (``"Half"`` or e.g. ``"Row major linear FP16 format"``), separate ``"DataType"``/``"Format"`` fields in
 TensorRT 11. An FP16 build is accepted only if its convolutions really produce FP16 — TensorRT 11
 silently builds FP32 from an FP32 graph, whatever the caller meant.
+
+When TensorRT fuses the convolutions (a Myelin ``ForeignNode``, or any layer whose type no longer says
+"convolution"), the inspector shows none. A strongly typed build keeps the graph's types, so a graph whose
+convolutions are all FP16 (:func:`graph_convolutions`) is FP16 by construction: accepted with a warning.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TYPE_FIELDS = ("Format/Datatype", "DataType", "Format")
@@ -76,10 +81,40 @@ def layer_precisions(engine_information: str) -> PrecisionReport:
     return PrecisionReport(len(layers), fp16, conv, fp16_conv, tuple(fp32_convs))
 
 
-def check_fp16(report: PrecisionReport, allowed_fp32_convolutions: int = 0) -> None:
-    """Raise unless the convolutions run in FP16 (up to ``allowed_fp32_convolutions`` kept in FP32)."""
+def graph_convolutions(onnx_path: Path) -> tuple[int, int]:
+    """(FP16, all) ``Conv``/``ConvTranspose`` nodes of an ONNX file, by the type of their weight."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    weights = {init.name: init.data_type for init in model.graph.initializer}
+    convs = [node for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")]
+    fp16 = sum(weights.get(node.input[1]) == onnx.TensorProto.FLOAT16 for node in convs)
+    return fp16, len(convs)
+
+
+def check_fp16(
+    report: PrecisionReport,
+    allowed_fp32_convolutions: int = 0,
+    *,
+    graph: tuple[int, int] = (0, 0),
+) -> list[str]:
+    """Raise unless the convolutions run in FP16 (up to ``allowed_fp32_convolutions`` kept in FP32).
+
+    ``graph`` is :func:`graph_convolutions` of the ONNX the engine was built from: with no convolution
+    layer visible in the inspector, an all-FP16 graph passes and the returned warning says so.
+    """
     if report.convolutions == 0:
-        raise PrecisionError("the engine has no convolution layers: not an FCN engine?")
+        fp16, total = graph
+        if total and fp16 == total:
+            return [
+                f"the engine inspector shows no convolution layer (fused, e.g. into a Myelin ForeignNode); "
+                f"accepted as FP16 by construction: all {total} convolutions of the strongly typed graph are "
+                f"FP16 ({report.fp16_layers}/{report.layers} layers produce FP16)"
+            ]
+        raise PrecisionError(
+            "the engine inspector shows no convolution layer and the graph's convolutions are not all FP16 "
+            f"({fp16}/{total}): not an FCN engine, or not an FP16 graph"
+        )
     fp32 = report.convolutions - report.fp16_convolutions
     if report.fp16_convolutions == 0 or fp32 > allowed_fp32_convolutions:
         names = ", ".join(report.fp32_convolution_names[:5])
@@ -87,3 +122,4 @@ def check_fp16(report: PrecisionReport, allowed_fp32_convolutions: int = 0) -> N
             f"expected an FP16 engine but {fp32} of {report.convolutions} convolution layers run in FP32 "
             f"(e.g. {names}); build from the FP16 ONNX (python -m export.fp16)"
         )
+    return []

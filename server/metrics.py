@@ -48,8 +48,8 @@ class ModelMetrics:
 
 
 class Metrics:
-    """Request times and outcomes; per model version: queue, batches, inference and per-stage times; open
-    connections and the HTTP layer's own refusals."""
+    """Request times and outcomes; per model version: queue, batches, inference, per-stage times and the
+    backend serving it; open connections and the HTTP layer's own refusals."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -113,6 +113,14 @@ class Metrics:
         )
         for reason in HTTP_ERROR_REASONS:
             self.http_errors.labels(reason)
+        self.backend_info = Gauge(
+            "fcn_backend_info",
+            "1 for the backend serving each model version, its execution provider really in use, and why it "
+            "is a fallback (comma-separated kinds; 'none' when it is the backend the deployment meant)",
+            [*MODEL_LABELS, "backend", "provider", "fallback"],
+            registry=reg,
+        )
+        self._backend_labels: dict[tuple[str, str], tuple[str, ...]] = {}
         self.stage_seconds = Histogram(
             "fcn_stage_seconds",
             "Per-request time of each request stage: thread CPU seconds of decode, resize, pad, crop, encode "
@@ -150,6 +158,19 @@ class Metrics:
             metric.remove(*labels)
         for stage in STAGES:
             self.stage_seconds.remove(*labels, stage)
+        if labels in self._backend_labels:
+            self.backend_info.remove(*self._backend_labels.pop(labels))
+
+    def set_backend(
+        self, name: str, version: int, backend: str, provider: str, fallback_kinds: list[str]
+    ) -> None:
+        """Publish which backend serves model ``name`` version ``version`` (one series of value 1)."""
+        model = (name, str(version))
+        if model in self._backend_labels:
+            self.backend_info.remove(*self._backend_labels[model])
+        labels = (*model, backend, provider, ",".join(fallback_kinds) or "none")
+        self._backend_labels[model] = labels
+        self.backend_info.labels(*labels).set(1)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -138,6 +138,10 @@ class ModelRegistry:
                 "load it as another model"
             )
         model = ServedModel.start(target.name, target.version, backend, self.settings, self.metrics)
+        fallback = [reason.kind for reason in backend.fallback]
+        if fallback:
+            log.error("%s version %d serves on a fallback: %s", target.name, target.version, backend.fallback)
+        self.metrics.set_backend(target.name, target.version, backend.name, backend.provider, fallback)
         try:
             await model.choose_batch_cap(self.settings)
             if self.settings.warmup:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.geometry import ServingGeometry
-from server.backends.base import Backend
+from server.backends.base import Backend, Fallback
 from server.backends.select import Choice
 from server.settings import Settings
 
@@ -139,14 +139,23 @@ def representative_image(geometry: ServingGeometry, seed: int = 0) -> np.ndarray
     return out
 
 
-def _build(backend: str, path: Path, use_cuda: bool, instances: int, threads: int) -> Backend:
+def _build(
+    backend: str,
+    path: Path,
+    use_cuda: bool,
+    instances: int,
+    threads: int,
+    fallback: tuple[Fallback, ...] = (),
+) -> Backend:
     if backend == "openvino":
         from server.backends.openvino import OpenVinoBackend
 
-        return OpenVinoBackend(path, instances=instances, threads=threads)
+        return OpenVinoBackend(path, instances=instances, threads=threads, fallback=fallback)
     from server.backends.ort import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(path, use_cuda=use_cuda, instances=instances, threads=threads)
+    return OnnxRuntimeBackend(
+        path, use_cuda=use_cuda, instances=instances, threads=threads, fallback=fallback
+    )
 
 
 def load_measured(choice: Choice, settings: Settings, *, openvino: bool, rounds: int = 3) -> Backend:
@@ -156,8 +165,9 @@ def load_measured(choice: Choice, settings: Settings, *, openvino: bool, rounds:
     measurements are in the backend's ``selection``."""
     explicit_instances = settings.instances if isinstance(settings.instances, int) else None
     if choice.use_cuda:  # a GPU: one instance unless configured (the GPU runs batches, not instances)
+        count = explicit_instances or 1
         backend = _build(
-            choice.backend, choice.path, True, explicit_instances or 1, settings.threads_per_instance
+            choice.backend, choice.path, True, count, settings.threads_per_instance, choice.fallback
         )
         backend.selection = {"chosen_by": "device", "device": "cuda"}
         return backend
@@ -173,7 +183,7 @@ def load_measured(choice: Choice, settings: Settings, *, openvino: bool, rounds:
     ]
     if len(configs) == 1:
         name, count, threads = configs[0]
-        backend = _build(name, choice.path, False, count, threads)
+        backend = _build(name, choice.path, False, count, threads, choice.fallback)
         backend.selection = {"chosen_by": "settings", "threads_per_instance": threads}
         return backend
     log.info("measuring %d execution configurations on the CPU (%d cores)", len(configs), cores)
@@ -182,7 +192,7 @@ def load_measured(choice: Choice, settings: Settings, *, openvino: bool, rounds:
     measured: list[tuple[Candidate, Backend]] = []
     rejected: list[str] = []
     for name, count, threads in configs:
-        backend = _build(name, choice.path, False, count, threads)
+        backend = _build(name, choice.path, False, count, threads, choice.fallback)
         if image is None:
             geometry = ServingGeometry(backend.metadata.geometry, settings.max_side, settings.bucket)
             image = representative_image(geometry)

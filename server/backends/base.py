@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -11,6 +12,18 @@ from common.metadata import ModelMetadata
 
 class BackendError(RuntimeError):
     """A model cannot be loaded or run; the message is one clear line for operators."""
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """One reason a backend serves instead of the one the deployment meant (the faster one)."""
+
+    kind: str
+    """``engine_build_failed`` | ``engine_unusable`` | ``no_tensorrt`` | ``cuda_unavailable``."""
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}
 
 
 @runtime_checkable
@@ -29,6 +42,8 @@ class Backend(Protocol):
     selection: dict[str, Any]
     """How this backend and its instances were chosen (``chosen_by``: settings, device or measurement) and
     the measurements behind it; shown in ``/v1/model``."""
+    fallback: tuple[Fallback, ...]
+    """Why this is not the backend the deployment meant, in the order it happened (empty: it is)."""
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """``uint8 [N, H, W, 3]`` RGB -> ``uint8 [N, H, W]`` labels. Thread-safe for ``instances`` callers."""

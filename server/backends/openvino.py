@@ -14,7 +14,7 @@ import numpy as np
 
 from common.contract import INPUT_NAME, LABELS_NAME, PROP_PRECISION
 from common.onnxrt import read_props
-from server.backends.base import BackendError
+from server.backends.base import BackendError, Fallback
 from server.backends.ort import check_signature, metadata_from_props
 from server.backends.slots import Slots
 
@@ -36,7 +36,9 @@ class OpenVinoBackend:
 
     name = "openvino"
 
-    def __init__(self, path: Path, *, instances: int = 1, threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, *, instances: int = 1, threads: int = 0, fallback: tuple[Fallback, ...] = ()
+    ) -> None:
         if not path.is_file():
             raise BackendError(f"model file not found: {path}")
         try:
@@ -66,6 +68,7 @@ class OpenVinoBackend:
         self._compiled = compiled
         self.instances = instances
         self.selection: dict[str, Any] = {}
+        self.fallback = fallback
         self.provider = f"CPU ({compiled.get_property('NUM_STREAMS')} streams)"
 
     def run(self, images: np.ndarray) -> np.ndarray:

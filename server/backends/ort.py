@@ -1,4 +1,13 @@
-"""ONNX Runtime backend: CUDA with onnxruntime-gpu and a GPU, else CPU; one session per model instance."""
+"""ONNX Runtime backend: CUDA with onnxruntime-gpu and a GPU, else CPU; one session per model instance.
+
+onnxruntime-gpu's CUDA provider links against the CUDA and cuDNN libraries of the ``nvidia-*`` pip wheels
+(``onnxruntime-gpu[cuda,cudnn]``), which the loader finds only once they are loaded: importing torch does
+that, and the GPU image has no torch, so ``onnxruntime.preload_dlls()`` (ORT >= 1.21) loads them before
+a CUDA session is made. Without it, ``get_available_providers()`` still lists CUDA, the session quietly
+comes up on the CPU, and only ``session.get_providers()`` tells: :attr:`OnnxRuntimeBackend.provider` is
+read from the session, and a CUDA request that ends on the CPU is logged as an error and reported as a
+``cuda_unavailable`` fallback.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +26,26 @@ from common.contract import (
     PROP_PRECISION,
 )
 from common.metadata import ModelMetadata
-from common.onnxrt import create_session
-from server.backends.base import BackendError
+from common.onnxrt import CPU, create_session
+from server.backends.base import BackendError, Fallback
 from server.backends.slots import Slots
 
 log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+
+
+def preload_cuda_libraries(ort: Any) -> str:
+    """Load the CUDA/cuDNN libraries of the nvidia-* wheels for the CUDA provider (``preload_dlls``);
+    returns what went wrong ("" when nothing did)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return f"onnxruntime {ort.__version__} has no preload_dlls (needs >= 1.21)"
+    try:
+        preload()
+    except Exception as exc:  # it raises what the dynamic loader raised (OSError, ...)
+        return f"{type(exc).__name__}: {exc}"
+    return ""
 
 
 class OnnxRuntimeBackend:
@@ -34,12 +58,21 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, *, use_cuda: bool, instances: int = 1, threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        use_cuda: bool,
+        instances: int = 1,
+        threads: int = 0,
+        fallback: tuple[Fallback, ...] = (),
+    ) -> None:
+        import onnxruntime as ort
+
         if not path.is_file():
             raise BackendError(f"model file not found: {path}")
-        providers = (
-            ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        )
+        providers = [CUDA, *CPU] if use_cuda else list(CPU)
+        preload_problem = preload_cuda_libraries(ort) if use_cuda else ""
         spinning = None if use_cuda else False
         try:
             sessions = [
@@ -54,8 +87,13 @@ class OnnxRuntimeBackend:
         self.selection: dict[str, Any] = {}
         session = sessions[0]
         self.provider = session.get_providers()[0]
-        if use_cuda and self.provider != "CUDAExecutionProvider":
-            log.warning("CUDA was requested but ONNX Runtime runs on %s", self.provider)
+        self.fallback = fallback
+        if use_cuda and self.provider != CUDA:
+            detail = f"CUDA was expected but ONNX Runtime runs {path.name} on {self.provider}" + (
+                f" (preloading the CUDA libraries failed: {preload_problem})" if preload_problem else ""
+            )
+            log.error("%s: check the driver, the GPU request and the nvidia-* wheels", detail)
+            self.fallback = (*fallback, Fallback("cuda_unavailable", detail))
         check_signature(
             path,
             {i.name: (i.type, len(i.shape)) for i in session.get_inputs()},

@@ -1,5 +1,12 @@
 """Backend choice. ``auto``: TensorRT with a compatible engine and a GPU, else ORT CUDA, else the faster of
-ONNX Runtime and OpenVINO on the CPU (measured at load, :mod:`server.tuning`)."""
+ONNX Runtime and OpenVINO on the CPU (measured at load, :mod:`server.tuning`).
+
+Whenever ``auto`` serves something slower than the deployment meant (an engine that failed to build, one
+TensorRT refuses, no TensorRT, CUDA that does not load), the backend carries the reasons as
+:class:`~server.backends.base.Fallback` entries: logged as errors here, shown by ``/v1/model`` and the
+``fcn_backend_info`` metric. A failed engine build is recognised by ``docker/ensure_engine.py``'s record
+beside the engine (``engine.cache.read_build_failure``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.backends.base import Backend, BackendError
+from server.backends.base import Backend, BackendError, Fallback
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,8 @@ class Environment:
     gpu: bool
     tensorrt: bool
     ort_cuda: bool
+    """The onnxruntime build has the CUDA provider (``get_available_providers``); whether it loads is
+    known only from a session (``OnnxRuntimeBackend.provider``)."""
     openvino: bool = False
 
     @classmethod
@@ -47,15 +56,26 @@ class Environment:
 
 @dataclass(frozen=True)
 class Choice:
-    """A decision: which backend, which file, and whether ORT should ask for CUDA."""
+    """A decision: which backend, which file, whether ORT should ask for CUDA, and why it falls back."""
 
     backend: str
     path: Path
     use_cuda: bool = False
+    fallback: tuple[Fallback, ...] = ()
 
 
 def _is_engine(path: Path) -> bool:
     return path.suffix in ENGINE_SUFFIXES
+
+
+def engine_fallback(engine: Path, kind: str, detail: str) -> Fallback:
+    """Why ``engine`` is not served: its failed build where ensure_engine recorded one, else ``detail``."""
+    from engine.cache import read_build_failure
+
+    failure = read_build_failure(engine)
+    if failure is not None:
+        return Fallback("engine_build_failed", f"the engine build failed: {failure}")
+    return Fallback(kind, detail)
 
 
 def choose(settings: Settings, env: Environment) -> Choice:
@@ -86,10 +106,10 @@ def choose(settings: Settings, env: Environment) -> Choice:
             return Choice("tensorrt", path)
         onnx = path.with_suffix(".onnx")
         if onnx.is_file():
-            log.warning(
-                "no GPU/TensorRT for engine %s: falling back to ONNX Runtime on %s", path.name, onnx.name
-            )
-            return Choice("onnxruntime", onnx, use_cuda=ort_cuda)
+            missing = "an NVIDIA GPU" if not env.gpu else "the tensorrt package"
+            reason = engine_fallback(path, "no_tensorrt", f"engine {path.name} needs {missing}")
+            log.error("%s: falling back to ONNX Runtime on %s", reason.detail, onnx.name)
+            return Choice("onnxruntime", onnx, use_cuda=ort_cuda, fallback=(reason,))
         raise BackendError(
             f"engine {path.name} needs an NVIDIA GPU with TensorRT, and no {onnx.name} is beside it"
         )
@@ -113,12 +133,13 @@ def load_backend(settings: Settings, env: Environment | None = None) -> Backend:
                 max_side=settings.max_side,
                 granularity=settings.bucket,
             )
-        except BackendError as exc:
+        except (RuntimeError, OSError) as exc:  # BackendError, a CUDA / TensorRT error, an unreadable file
             onnx = choice.path.with_suffix(".onnx")
             if settings.backend != "auto" or not onnx.is_file():
                 raise
-            log.warning("%s; falling back to ONNX Runtime on %s", exc, onnx.name)
-            choice = Choice("onnxruntime", onnx, use_cuda=env.gpu and env.ort_cuda)
+            reason = engine_fallback(choice.path, "engine_unusable", str(exc))
+            log.error("%s; falling back to ONNX Runtime on %s", reason.detail, onnx.name)
+            choice = Choice("onnxruntime", onnx, use_cuda=env.gpu and env.ort_cuda, fallback=(reason,))
     from server.tuning import load_measured
 
     return load_measured(choice, settings, openvino=env.openvino)

@@ -39,7 +39,8 @@ async def model_info(
     model: Annotated[str | None, Query(description="model name (default: the default model)")] = None,
     version: Annotated[int | None, Query(ge=1, description="version (default: the serving one)")] = None,
 ) -> Response:
-    """The model, backend and provider in use, its classes and colours, input limits and batching."""
+    """The model, backend and provider in use (and why it is a fallback), its classes and colours, input
+    limits and batching."""
     if service.registry is None:
         return error_response(503, "model is not loaded yet")
     try:
@@ -57,6 +58,7 @@ async def model_info(
             "backend": backend.name,
             "provider": backend.provider,
             "precision": backend.precision,
+            "fallback": [reason.to_dict() for reason in backend.fallback],
             "classes": [
                 {"id": i, "name": name, "color": list(meta.palette[i])} for i, name in enumerate(meta.classes)
             ],

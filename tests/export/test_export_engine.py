@@ -31,7 +31,7 @@ from engine.spec import (
 )
 from export import build_engine, trt
 from export.precision import PrecisionError, check_fp16, layer_precisions
-from tests.trtfake import FakeDevice, fake_plan, fake_tensorrt
+from tests.trtfake import FakeDevice, fake_plan, get_cuda_native_handle, install
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILE = ServingGeometry(NetworkGeometry()).engine_profile()
@@ -168,14 +168,12 @@ def test_environment_names_each_missing_piece(monkeypatch) -> None:
     monkeypatch.setattr(rt, "cudart", None)
     with pytest.raises(rt.TensorRTUnavailable, match="cuda-python"):
         rt.environment()
-    monkeypatch.setattr(rt, "cudart", SimpleNamespace(cudaGetDeviceCount=lambda: (100, 0)))
-    with pytest.raises(rt.TensorRTUnavailable, match="no CUDA GPU"):
+    no_gpu = FakeDevice()
+    no_gpu.cudaGetDeviceCount = lambda: (no_gpu.cudaError_t.cudaErrorNoDevice, 0)  # type: ignore[method-assign]
+    monkeypatch.setattr(rt, "cudart", no_gpu)
+    with pytest.raises(rt.TensorRTUnavailable, match="no CUDA GPU found"):
         rt.environment()
-    properties = SimpleNamespace(name=b"NVIDIA H100 80GB HBM3\0\0", major=9, minor=0)
-    fake = SimpleNamespace(
-        cudaGetDeviceCount=lambda: (0, 1), cudaGetDeviceProperties=lambda d: (0, properties)
-    )
-    monkeypatch.setattr(rt, "cudart", fake)
+    monkeypatch.setattr(rt, "cudart", FakeDevice(("NVIDIA H100 80GB HBM3", "9.0")))
     assert rt.environment() == rt.Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 
 
@@ -230,116 +228,6 @@ def test_layer_precisions_needs_detailed_verbosity() -> None:
         layer_precisions(json.dumps({"Layers": ["node_conv1 + node_relu", "node_argmax"]}))
     with pytest.raises(PrecisionError, match="JSON"):
         layer_precisions("not json")
-
-
-class FakeTensorRT:
-    """Records what export.trt asks of TensorRT (names as in TensorRT 10.13's Python API)."""
-
-    __version__ = "10.13.0.35"
-
-    def __init__(self, parse_ok: bool = True) -> None:
-        self.calls: dict = {}
-        self.parse_ok = parse_ok
-        fake = self
-        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1)
-        self.MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
-        self.ProfilingVerbosity = SimpleNamespace(DETAILED="detailed")
-        self.LayerInformationFormat = SimpleNamespace(JSON="json")
-        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
-        self.Dims = tuple
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                fake.calls["flags"] = flags
-                return SimpleNamespace(get_input=lambda i: SimpleNamespace(name="image"))
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return SimpleNamespace(set_shape=lambda *a: fake.calls.__setitem__("shape", a))
-
-            def build_serialized_network(self, network, config):
-                return b"PLAN"
-
-        class Cache:
-            def __init__(self, data):
-                self.data = data
-
-            def serialize(self):
-                return memoryview(self.data + b"+tuned")
-
-        class Config:
-            def set_memory_pool_limit(self, pool, size):
-                fake.calls["workspace"] = (pool, size)
-
-            def add_optimization_profile(self, profile):
-                fake.calls["profiles"] = fake.calls.get("profiles", 0) + 1
-
-            def create_timing_cache(self, data):
-                fake.calls["cache_in"] = bytes(data)
-                return Cache(bytes(data))
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                self.cache = cache
-
-            def get_timing_cache(self):
-                return self.cache
-
-        class Parser:
-            def __init__(self, network, logger):
-                self.num_errors = 0 if fake.parse_ok else 2
-
-            def parse_from_file(self, path):
-                return fake.parse_ok
-
-            def get_error(self, i):
-                return SimpleNamespace(
-                    code=lambda: "UNSUPPORTED_NODE", desc=lambda: f"problem {i}",
-                    node_name=lambda: f"node_{i}", node_operator=lambda: "ConvTranspose",
-                )  # fmt: skip
-
-        class Runtime:
-            def __init__(self, logger):
-                pass
-
-            def deserialize_cuda_engine(self, plan):
-                inspector = SimpleNamespace(get_engine_information=lambda fmt: engine_json())
-                return SimpleNamespace(create_engine_inspector=lambda: inspector)
-
-        self.Builder, self.OnnxParser, self.Runtime = Builder, Parser, Runtime
-
-
-def test_build_engine_flow_with_a_fake_tensorrt(monkeypatch, tmp_path: Path) -> None:
-    fake = FakeTensorRT()
-    monkeypatch.setattr(trt, "trt", fake)
-    monkeypatch.setattr(rt, "trt", fake)
-    cache = tmp_path / "timing.cache"
-    options = trt.BuildOptions(Profile(1, 2, 4, 32, 64, 128), 1 << 30, 5, cache)
-    built = trt.build_engine(tmp_path / "m.onnx", options)
-    assert built.plan == b"PLAN" and not built.timing_cache_reused
-    assert fake.calls["flags"] == 1 << 1  # STRONGLY_TYPED
-    assert fake.calls["workspace"] == ("workspace", 1 << 30) and fake.calls["profiles"] == 1
-    assert fake.calls["shape"] == ("image", (1, 32, 32, 3), (2, 64, 64, 3), (4, 128, 128, 3))
-    assert cache.read_bytes() == b"+tuned"
-    again = trt.build_engine(tmp_path / "m.onnx", options)
-    assert again.timing_cache_reused and fake.calls["cache_in"] == b"+tuned"
-    del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED  # TensorRT 11: always strongly typed, no flag
-    trt.build_engine(tmp_path / "m.onnx", options)
-    assert fake.calls["flags"] == 0
-
-
-def test_every_parser_error_is_reported(monkeypatch, tmp_path: Path) -> None:
-    fake = FakeTensorRT(parse_ok=False)
-    monkeypatch.setattr(trt, "trt", fake)
-    monkeypatch.setattr(rt, "trt", fake)
-    with pytest.raises(trt.EngineBuildError) as caught:
-        trt.build_engine(tmp_path / "m.onnx", trt.BuildOptions(DEFAULT_PROFILE))
-    message = str(caught.value)
-    assert "problem 0 at node node_0 (ConvTranspose)" in message and "problem 1 at node node_1" in message
 
 
 STUB_FIXES = (
@@ -474,7 +362,7 @@ def test_build_engine_cli_flow(fake_gpu, exported, tmp_path: Path, capsys) -> No
     assert info.precision == "fp16" and info.profile == Profile(1, 2, 4, 26, 96, 512)
     assert info.onnx_sha256 == file_sha256(fp16) and info.source_sha256 == file_sha256(exported.checkpoint)
     assert info.fp16_layers == 2 and info.build_time_s == 12.5
-    assert fake_gpu["options"].timing_cache == plan.parent / "timing-trt10.13.0.35-sm90.cache"
+    assert fake_gpu["options"].timing_cache == plan.parent / "timing-trt10.13.0.35-nvidia-h100-sm90.cache"
     assert re.search(r"label agreement engine vs ONNX Runtime FP32: 99\.\d+%|100\.000%", out)
     assert "2/2 layers and 1/1 convolution layers produce FP16" in out
     assert (repo / "fcn8s" / "1" / "model.plan").is_file() and (
@@ -500,9 +388,7 @@ def test_build_engine_refuses_a_silent_fp32_engine(fake_gpu, exported, tmp_path:
 
 
 def test_runner_copies_only_the_labels_back(monkeypatch, tmp_path: Path) -> None:
-    device = FakeDevice()
-    monkeypatch.setattr(rt, "trt", fake_tensorrt(device))
-    monkeypatch.setattr(rt, "cudart", device)
+    device = install(monkeypatch).device
     plan = tmp_path / "m.plan"
     plan.write_bytes(fake_plan(Profile(1, 2, 4, 32, 64, 128)))
     runner = rt.TensorRTRunner(plan)
@@ -520,7 +406,28 @@ def test_runner_copies_only_the_labels_back(monkeypatch, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="uint8"):
         runner.run(np.zeros((1, 64, 64, 3), dtype=np.float32))
     runner.close()
-    assert device.buffers == {}
+    assert device.buffers == {} and device.streams == {}
     plan.write_bytes(b"OTHER")
     with pytest.raises(RuntimeError, match="cannot deserialize"):
         rt.TensorRTRunner(plan)
+
+
+def test_runner_gives_tensorrt_the_native_stream_handle(monkeypatch, tmp_path: Path) -> None:
+    """Issue #17 item 9: TensorRT gets ``get_cuda_native_handle(stream)`` (an int), CUDA errors are compared
+    with ``cudaError_t.cudaSuccess`` (the fake's errors are a plain Enum: ``int(error)`` raises)."""
+    fake = install(monkeypatch)
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(fake_plan(Profile(1, 1, 2, 32, 32, 64)))
+    runner = rt.TensorRTRunner(plan)
+    (stream,) = fake.device.streams.values()
+    assert not isinstance(stream, int) and get_cuda_native_handle(stream) == stream.handle
+    with pytest.raises(TypeError):
+        int(fake.device.cudaError_t.cudaSuccess)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="Unknown type"):
+        get_cuda_native_handle(stream.handle)  # like cuda-bindings: only CUDA objects have a handle
+    assert (
+        runner.run(np.full((1, 32, 32, 3), 30, dtype=np.uint8)).tolist() == np.full((1, 32, 32), 9).tolist()
+    )
+    runner.close()
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidValue"):
+        rt.DeviceBuffer.free(SimpleNamespace(pointer=12345, size=1))  # type: ignore[arg-type]

@@ -52,6 +52,7 @@ class FakeBackend:
     spec: FakeSpec = field(default_factory=FakeSpec)
     name: str = "fake"
     provider: str = "FakeExecutionProvider"
+    fallback: tuple = ()
     precision: str = "fp32"
     instances: int = 1
     selection: dict[str, Any] = field(default_factory=dict)

@@ -40,6 +40,7 @@ class FakeBackend:
     broken: bool = False
     name: str = "fake"
     provider: str = "FakeExecutionProvider"
+    fallback: tuple = ()
     precision: str = "fp32"
     instances: int = 1
     selection: dict[str, object] = field(default_factory=dict)

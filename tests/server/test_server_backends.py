@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import onnxruntime
 import pytest
 
 from common.geometry import NetworkGeometry, ServingGeometry
 from common.metadata import ModelMetadata
-from engine.spec import Sidecar, write_sidecar
-from server.backends.base import BackendError
+from engine.cache import write_build_failure
+from engine.spec import Sidecar, read_sidecar, write_sidecar
+from server.backends.base import BackendError, Fallback
 from server.backends.select import Choice, Environment, choose, load_backend
-from server.settings import Settings
+from server.settings import DEFAULT_MODEL, Settings
+from tests.trtfake import H100, VERSION, install
 
 CPU = Environment(gpu=False, tensorrt=False, ort_cuda=False)
 CPU_WITH_ORT_GPU = Environment(gpu=False, tensorrt=False, ort_cuda=True)  # onnxruntime-gpu on a CPU box
@@ -135,3 +140,100 @@ def test_probe_sees_no_gpu_here() -> None:
     if Path("/dev/nvidia0").exists():
         pytest.skip("this machine has a GPU")
     assert env.gpu is False
+
+
+def test_auto_says_why_it_serves_onnx_for_an_engine(files: dict[str, Path]) -> None:
+    choice = choose(Settings(model=files["plan"], backend="auto"), CPU)
+    assert choice.fallback == (Fallback("no_tensorrt", "engine m.plan needs an NVIDIA GPU"),)
+    assert choose(Settings(model=files["onnx"], backend="auto"), CPU).fallback == ()  # nothing else was meant
+
+
+def _compatible_engine(folder: Path, plan_bytes: bytes) -> Path:
+    """An engine whose sidecar matches the fake H100 and TensorRT, with the demo ONNX beside it."""
+    plan = _engine_with_sidecar(folder)
+    plan.write_bytes(plan_bytes)
+    info = replace(read_sidecar(plan), tensorrt_version=VERSION, gpu_name=H100[0], compute_capability=H100[1])
+    write_sidecar(plan, info)
+    shutil.copy(DEFAULT_MODEL, plan.with_suffix(".onnx"))
+    return plan
+
+
+def test_a_runner_error_falls_back_to_onnx_runtime(monkeypatch, tmp_path: Path, caplog) -> None:
+    """Item 6: ``TensorRTRunner`` raises RuntimeError for a plan TensorRT cannot read (and on CUDA errors);
+    ``auto`` falls back to the ONNX beside the engine and says why, loudly."""
+    install(monkeypatch)
+    plan = _compatible_engine(tmp_path, b"not a plan TensorRT can read")
+    with caplog.at_level(logging.ERROR):
+        backend = load_backend(Settings(model=plan, backend="auto"), GPU_TRT)
+    assert (backend.name, backend.provider) == ("onnxruntime", "CPUExecutionProvider")
+    (reason, cuda) = backend.fallback
+    assert reason.kind == "engine_unusable" and "cannot deserialize" in reason.detail
+    assert cuda.kind == "cuda_unavailable"  # this onnxruntime has no CUDA: also said, not hidden
+    assert any("falling back to ONNX Runtime on engine.onnx" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BackendError, match=r"cannot be loaded: TensorRT .* cannot deserialize"):
+        load_backend(Settings(model=plan, backend="tensorrt"), GPU_TRT)
+
+
+def test_any_runtime_error_of_the_engine_falls_back(monkeypatch, tmp_path: Path) -> None:
+    import server.backends.tensorrt as trt_backend
+
+    def cuda_error(*args, **kwargs):
+        raise RuntimeError("CUDA runtime error cudaErrorMemoryAllocation")
+
+    monkeypatch.setattr(trt_backend, "TensorRTBackend", cuda_error)
+    plan = _compatible_engine(tmp_path, b"x")
+    backend = load_backend(Settings(model=plan, backend="auto"), GPU_TRT)
+    assert backend.name == "onnxruntime" and backend.fallback[0].kind == "engine_unusable"
+    assert "cudaErrorMemoryAllocation" in backend.fallback[0].detail
+
+
+def test_a_recorded_build_failure_is_the_reason_given(monkeypatch, tmp_path: Path) -> None:
+    """Item 5: after ensure_engine's failed build there is no plan, only its record and the ONNX."""
+    install(monkeypatch)
+    plan = _compatible_engine(tmp_path, b"x")
+    plan.unlink()
+    write_build_failure(plan, "build_engine: the ONNX parser rejected model.onnx", 1)
+    backend = load_backend(Settings(model=plan, backend="auto"), GPU_TRT)
+    reason = backend.fallback[0]
+    assert reason.kind == "engine_build_failed" and "ONNX parser rejected" in reason.detail
+    backend = load_backend(Settings(model=plan, backend="auto"), CPU)  # no GPU either: still the build
+    assert backend.fallback[0].kind == "engine_build_failed"
+
+
+def test_ort_cuda_preloads_the_libraries_and_reports_the_real_provider(monkeypatch, caplog) -> None:
+    """Item 4: ``preload_dlls`` runs before the CUDA session; the provider comes from the session, and a
+    CUDA request that ends on the CPU is an error and a ``cuda_unavailable`` fallback."""
+    from server.backends.ort import OnnxRuntimeBackend
+
+    events: list[str] = []
+    real_session = onnxruntime.InferenceSession
+
+    def session(*args, **kwargs):
+        events.append(f"session {kwargs['providers']}")
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda *a, **k: events.append("preload"))
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    with caplog.at_level(logging.ERROR):
+        backend = OnnxRuntimeBackend(DEFAULT_MODEL, use_cuda=True)
+    assert events == ["preload", "session ['CUDAExecutionProvider', 'CPUExecutionProvider']"]
+    assert backend.provider == "CPUExecutionProvider"  # what the session runs, not what was asked
+    (reason,) = backend.fallback
+    assert (
+        reason.kind == "cuda_unavailable" and "runs fcn8s-demo.onnx on CPUExecutionProvider" in reason.detail
+    )
+    assert any(r.levelno == logging.ERROR and "CUDA was expected" in r.getMessage() for r in caplog.records)
+    events.clear()
+    cpu = OnnxRuntimeBackend(DEFAULT_MODEL, use_cuda=False)
+    assert events == ["session ['CPUExecutionProvider']"] and cpu.fallback == ()
+
+
+def test_a_failing_preload_is_part_of_the_reason(monkeypatch) -> None:
+    from server.backends.ort import OnnxRuntimeBackend
+
+    def broken(*args, **kwargs):
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(onnxruntime, "preload_dlls", broken)
+    (reason,) = OnnxRuntimeBackend(DEFAULT_MODEL, use_cuda=True).fallback
+    assert "preloading the CUDA libraries failed: OSError: libcudnn.so.9" in reason.detail

@@ -20,7 +20,7 @@ from export import build_engine, trt
 from server.app import create_app
 from server.backends.select import Environment, load_backend
 from server.settings import DEFAULT_MODEL, Settings
-from tests.trtfake import FakeDevice, fake_plan, fake_tensorrt
+from tests.trtfake import FakeDevice, fake_plan, install
 
 CONV_LAYER = {
     "Name": "conv1_1",
@@ -34,9 +34,7 @@ H100 = rt.Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 @pytest.fixture
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeDevice:
     """TensorRT and cuda-python replaced by the fakes; a 'build' writes a plan of the chosen profile."""
-    device = FakeDevice()
-    monkeypatch.setattr(rt, "trt", fake_tensorrt(device))
-    monkeypatch.setattr(rt, "cudart", device)
+    device = install(monkeypatch).device
     monkeypatch.setattr(rt, "environment", lambda device=0: H100)
 
     def build(onnx_path: Path, options: trt.BuildOptions) -> trt.BuiltEngine:

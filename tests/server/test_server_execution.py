@@ -86,6 +86,7 @@ class SleepyBackend:
     precision: str = "fp32"
     metadata: ModelMetadata = field(default_factory=lambda: ModelMetadata(name="fake", width=1 / 32))
     selection: dict[str, object] = field(default_factory=dict)
+    fallback: tuple = ()
     closed: bool = False
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -99,7 +100,9 @@ class SleepyBackend:
 def _measured(monkeypatch: pytest.MonkeyPatch, speeds: dict[str, float], offsets: dict[str, int]) -> list:
     built: list[SleepyBackend] = []
 
-    def build(backend: str, path: Path, use_cuda: bool, instances: int, threads: int) -> SleepyBackend:
+    def build(
+        backend: str, path: Path, use_cuda: bool, instances: int, threads: int, *_: object
+    ) -> SleepyBackend:
         built.append(SleepyBackend(backend, speeds[backend], instances, offsets.get(backend, 0)))
         return built[-1]
 
