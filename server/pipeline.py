@@ -13,7 +13,14 @@ import numpy as np
 
 from common.geometry import ServingGeometry, Shape
 from common.metadata import ModelMetadata
-from server.imaging import decode_for_inference, encode_label_png, resize_labels, resize_rgb
+from server.imaging import (
+    UNLIMITED,
+    Budget,
+    DecodeLimits,
+    decode_for_inference,
+    encode_label_png,
+    resize_labels,
+)
 from server.masks import class_rles
 from server.schemas import RLE, ClassMask, Segmentation
 
@@ -31,12 +38,15 @@ class Prepared:
 
 
 def prepare(
-    data: bytes, geometry: ServingGeometry, pad_colour: tuple[int, int, int], max_pixels: int
+    data: bytes,
+    geometry: ServingGeometry,
+    pad_colour: tuple[int, int, int],
+    limits: DecodeLimits,
+    budget: Budget = UNLIMITED,
 ) -> Prepared:
-    """Decode (limits, EXIF, RGB), resize to the inference size and pad to the bucket."""
-    rgb, original = decode_for_inference(data, max_pixels, geometry.max_side)
-    size = geometry.inference_size(*original)
-    return Prepared(geometry.pad(resize_rgb(rgb, size), pad_colour), size, original)
+    """Decode within ``limits`` and ``budget`` (EXIF, RGB) at the inference size and pad to the bucket."""
+    rgb, original = decode_for_inference(data, limits, geometry.inference_size, budget)
+    return Prepared(geometry.pad(rgb, pad_colour), (rgb.shape[0], rgb.shape[1]), original)
 
 
 def finish(labels: np.ndarray, prepared: Prepared, fmt: OutputFormat, meta: ModelMetadata) -> bytes:

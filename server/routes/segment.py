@@ -1,8 +1,9 @@
 """``POST /segment``: image bytes → decode → batch → forward → encode → response.
 
 Read top to bottom: admission (ready, not draining) → body within its limits (:mod:`server.upload`) →
-prepare on a codec thread (:func:`server.pipeline.prepare`) → the batcher's queue → wait for the batch
-(deadline, client disconnect, backend failure) → finish on a codec thread → response with timing headers.
+prepare on a codec thread (:func:`server.pipeline.prepare`, stopped at the deadline or when the client
+leaves) → the batcher's queue → wait for the batch (deadline, client disconnect, backend failure) → finish
+on a codec thread → response with timing headers.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from starlette.types import Receive
 
 from server.batcher import BatchResult, DeadlineError, InferenceError, Job, QueueFullError, ShuttingDownError
 from server.errors import CLIENT_CLOSED, error_response, status_of
-from server.imaging import ImageError
+from server.imaging import Budget, DecodeCancelled, DecodeDeadline, DecodeLimits, ImageError
 from server.lifecycle import Service
 from server.negotiation import choose_format
-from server.pipeline import MEDIA_TYPES, OutputFormat, finish, prepare
+from server.pipeline import MEDIA_TYPES, OutputFormat, Prepared, finish, prepare
 from server.routes.deps import ServiceDep, require_key
 from server.schemas import SEGMENT_REQUEST, SEGMENT_RESPONSES
 from server.upload import BodyLimits, ClientGone, UploadError, read_image_bytes
@@ -77,13 +78,19 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
     try:
         data = await read_image_bytes(request, limits)
         start = time.perf_counter()
-        prepared = await service.in_codec_thread(
-            prepare, data, model.geometry, model.pad_colour, settings.max_pixels
-        )
+        prepared = await _prepare(service, data, request.receive, deadline)
         metrics.decode_seconds.observe(time.perf_counter() - start)
     except ClientGone:
         metrics.failures.labels("cancelled").inc()
         return error_response(CLIENT_CLOSED, "client closed the request during the upload")
+    except DecodeCancelled as exc:
+        metrics.failures.labels("cancelled").inc()
+        return error_response(status_of(exc), "client closed the request while its image was decoded")
+    except DecodeDeadline as exc:
+        metrics.failures.labels("expired").inc()
+        return error_response(
+            status_of(exc), f"deadline of {settings.deadline_ms:g} ms passed while decoding the image"
+        )
     except (UploadError, ImageError) as exc:
         metrics.failures.labels("bad_input").inc()
         return error_response(status_of(exc), exc.detail)
@@ -110,6 +117,32 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
         "Vary": "Accept",
     }
     return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+async def _prepare(service: Service, data: bytes, receive: Receive, deadline: float) -> Prepared:
+    """:func:`prepare` on a codec thread under a :class:`Budget`: when the deadline passes or the client
+    leaves, the budget is cancelled (the decoder stops at its next 4 KiB piece or step) and
+    :class:`DecodeDeadline` / :class:`DecodeCancelled` is raised without waiting for the thread."""
+    model = service.model
+    assert model is not None
+    loop = asyncio.get_running_loop()
+    budget = Budget(time.monotonic() + (deadline - loop.time()))
+    limits = DecodeLimits.from_settings(service.settings)
+    work = asyncio.ensure_future(
+        service.in_codec_thread(prepare, data, model.geometry, model.pad_colour, limits, budget)
+    )
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait(
+            {work, watcher}, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        watcher.cancel()
+    if work in done:
+        return work.result()  # type: ignore[no-any-return]
+    budget.cancel()
+    work.cancel()
+    raise DecodeCancelled() if watcher in done else DecodeDeadline()
 
 
 async def _wait_disconnect(receive: Receive) -> None:
