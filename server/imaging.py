@@ -6,8 +6,9 @@ Decoding an upload is bounded before and while it runs:
   (pixels x bytes per pixel of the image's mode), the JPEG scan count (each scan of a progressive JPEG
   is one more pass over the whole image) and the size of a TIFF's tiles or strips (libtiff allocates
   one whole tile, however small the image);
-- **while** (:class:`Budget`): the decoder reads the file in 4 KiB pieces and every piece, and every
-  step after it, first checks the request's deadline and whether its client is still there;
+- **while** (:class:`Budget`): the decoder reads the file in pieces (Pillow's 64 KiB; 4 KiB for a
+  progressive JPEG, where a few bytes can hold a whole scan) and every piece, and every step after it,
+  first checks the request's deadline and whether its client is still there;
 - **memory-proportional**: 16-bit, 32-bit integer and float images become 8-bit in slices of rows with
   integer (or float32) arithmetic; the image is resized to the inference size before it becomes RGB,
   and the EXIF orientation is applied to the small image.
@@ -46,8 +47,10 @@ DECODED_BYTES_PER_PIXEL = 3
 """The decoded-bytes limit is ``max_pixels`` 8-bit RGB pixels."""
 SLICE_PIXELS = 1 << 20
 """Pixels per slice when a high-bit-depth image is reduced to 8 bits."""
-READ_PIECE = 4096
-"""Bytes a decoder is given at a time (Pillow's default is 64 KiB): the budget is checked before each."""
+PROGRESSIVE_READ_PIECE = 4096
+"""Bytes a progressive JPEG's decoder is given at a time (Pillow's default, kept for every other image, is
+64 KiB; smaller pieces would slow a reduced-scale baseline decode by half): a 61-byte scan can cost 40 ms,
+so the budget is checked about every 67 scans at most."""
 MAX_PARTS = 65536
 """Most JPEG markers, PNG chunks, GIF extension blocks, TIFF directory entries, strips or tiles: Pillow
 handles each one in Python (a few microseconds each); ordinary files have at most a few thousand."""
@@ -210,7 +213,8 @@ def _open(data: bytes, limits: DecodeLimits, budget: Budget) -> Image.Image:
         raise
     except Exception as exc:  # tags of unexpected types in a corrupt file
         raise UndecodableImage(f"cannot decode the image header ({type(exc).__name__})") from None
-    image.decodermaxblock = READ_PIECE  # type: ignore[attr-defined]
+    if image.info.get("progressive"):
+        image.decodermaxblock = PROGRESSIVE_READ_PIECE  # type: ignore[attr-defined]
     return image
 
 

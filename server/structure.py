@@ -16,8 +16,9 @@ import re
 import struct
 from dataclasses import dataclass
 
-_MARKER = re.compile(rb"\xff+([^\x00\xff])")
-"""A JPEG marker as libjpeg finds it: 0xFF (fill bytes allowed), then a byte that is neither 0 nor 0xFF."""
+_MARKER = re.compile(rb"\xff([^\x00\xff])")
+"""A JPEG marker as libjpeg finds it: 0xFF, then a byte that is neither 0 (stuffing) nor 0xFF (a fill byte:
+the marker follows the last one)."""
 _STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # TEM, SOI, RST0-7: no length field
 EOI, SOS = 0xD9, 0xDA
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

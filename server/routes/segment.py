@@ -121,7 +121,7 @@ async def _segment(service: Service, request: Request, query_format: OutputForma
 
 async def _prepare(service: Service, data: bytes, receive: Receive, deadline: float) -> Prepared:
     """:func:`prepare` on a codec thread under a :class:`Budget`: when the deadline passes or the client
-    leaves, the budget is cancelled (the decoder stops at its next 4 KiB piece or step) and
+    leaves, the budget is cancelled (the decoder stops at its next piece of the file or step) and
     :class:`DecodeDeadline` / :class:`DecodeCancelled` is raised without waiting for the thread."""
     model = service.model
     assert model is not None
