@@ -4,8 +4,9 @@ Decoding an upload is bounded before and while it runs:
 
 - **before** (from the headers, no pixel decoded): the format, the pixel count, the decoded bytes
   (pixels x bytes per pixel of the image's mode), the JPEG scan count (each scan of a progressive JPEG
-  is one more pass over the whole image) and the size of a TIFF's tiles or strips (libtiff allocates
-  one whole tile, however small the image);
+  is one more pass over the whole image), the parts Pillow walks in Python (JPEG markers, PNG chunks,
+  GIF blocks, TIFF entries, strips and tiles: :mod:`server.structure`, RLE BMP data) and the size of a
+  TIFF's tiles or strips (libtiff allocates one whole tile, however small the image);
 - **while** (:class:`Budget`): the decoder reads the file in pieces (Pillow's 64 KiB; 4 KiB for a
   progressive JPEG, where a few bytes can hold a whole scan) and every piece, and every step after it,
   first checks the request's deadline and whether its client is still there;
@@ -49,7 +50,7 @@ SLICE_PIXELS = 1 << 20
 """Pixels per slice when a high-bit-depth image is reduced to 8 bits."""
 PROGRESSIVE_READ_PIECE = 4096
 """Bytes a progressive JPEG's decoder is given at a time (Pillow's default, kept for every other image, is
-64 KiB; smaller pieces would slow a reduced-scale baseline decode by half): a 61-byte scan can cost 40 ms,
+64 KiB; smaller pieces slowed a reduced-scale baseline decode by about 40%): a 61-byte scan can cost 40 ms,
 so the budget is checked about every 67 scans at most."""
 MAX_PARTS = 65536
 """Most JPEG markers, PNG chunks, GIF extension blocks, TIFF directory entries, strips or tiles: Pillow
