@@ -7,9 +7,9 @@ FP16 ONNX (``python -m export.fp16``) for an FP16 engine; the engine inspector t
 convolutions really run in FP16. One optimisation profile for ``image`` [N, H, W, 3] from the flags; a
 timing cache file (keyed by TensorRT version, GPU name and compute capability) is reused between builds.
 Plan, sidecar and timing cache are written atomically (``engine.cache``). ``--verify`` compares
-the engine's labels with ONNX Runtime running the FP32 graph. ``--triton-repo`` also writes a Triton
-model repository. Without TensorRT or a CUDA GPU it exits with status 2 and one line saying what is
-missing.
+the engine's labels with ONNX Runtime running the FP32 graph, tie-aware (``export/agreement.py``).
+``--triton-repo`` also writes a Triton model repository. Without TensorRT or a CUDA GPU it exits with
+status 2 and one line saying what is missing.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from common.contract import INPUT_NAME, LABELS_NAME
+from common.contract import INPUT_NAME
 from common.digest import file_sha256
 from common.geometry import (
     DEFAULT_GRANULARITY,
@@ -42,9 +42,10 @@ from common.geometry import (
 )
 from engine.cache import write_atomic
 from engine.spec import Sidecar, write_sidecar
+from export.agreement import FP16_GATE, Agreement, Gate
 
 EXIT_UNAVAILABLE = 2
-MIN_AGREEMENT = 0.995
+MIN_AGREEMENT = 1 - FP16_GATE.max_real
 PROFILE_FIELDS = tuple(f.name for f in fields(Profile))
 SERVING_DEFAULTS = {
     "max_side": DEFAULT_MAX_SIDE,
@@ -92,7 +93,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=Path, help="VOC-layout folder whose val split --verify uses")
     parser.add_argument("--count", type=int, default=16, help="validation images for --verify (default 16)")
-    parser.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT, help="--verify gate (0.995)")
+    parser.add_argument(
+        "--min-agreement", type=float, default=MIN_AGREEMENT,
+        help="--verify gate: share of pixels equal or near ties (%(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--tie-atol", type=float, default=FP16_GATE.atol, help="near-tie tolerance")
+    parser.add_argument(
+        "--tie-rtol", type=float, default=FP16_GATE.rtol, help="near-tie tolerance per unit of top score"
+    )
     parser.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
     args = parser.parse_args(argv)
     if args.workspace_gb <= 0:
@@ -116,28 +124,29 @@ def timing_cache_path(folder: Path, tensorrt_version: str, gpu_name: str, comput
     return folder / f"timing-trt{tensorrt_version}-{gpu}-sm{compute_capability.replace('.', '')}.cache"
 
 
-def verify(plan: Path, reference: Path, images: list[np.ndarray], profile: Profile) -> float:
-    """Label agreement of the engine with ONNX Runtime on the images that fit the profile."""
-    from common.onnxrt import create_session
+def verify(plan: Path, reference: Path, images: list[np.ndarray], profile: Profile, gate: Gate) -> Agreement:
+    """Tie-aware label agreement of the engine with ONNX Runtime FP32 on the images that fit the profile."""
     from engine.runtime import TensorRTRunner
+    from export.agreement import compare, reference_session
 
-    session = create_session(reference)
+    session, outputs = reference_session(reference)
+    if len(outputs) == 1:
+        log("  no onnx package to read the reference's scores: every differing label counts as real")
     runner = TensorRTRunner(plan)
-    equal = total = 0
+    total = Agreement()
     try:
         for image in images:
             if not profile.covers(1, image.shape[0], image.shape[1]):
                 log(f"  skipped a {image.shape[0]}x{image.shape[1]} image outside the profile")
                 continue
             batch = image[None]
-            expected = session.run([LABELS_NAME], {INPUT_NAME: batch})[0]
-            equal += int(np.sum(runner.run(batch) == expected))
-            total += expected.size
+            labels, *scores = session.run(outputs, {INPUT_NAME: batch})
+            total = total.add(compare(scores[0] if scores else None, labels, runner.run(batch), gate))
     finally:
         runner.close()
-    if total == 0:
+    if total.pixels == 0:
         raise ValueError("no validation image fits the engine profile")
-    return equal / total
+    return total
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,11 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         side = min(max(profile.opt_side, profile.min_side), profile.max_side)
         images = validation_images(args.images, args.count, (side, side))
         log(f"verifying against ONNX Runtime FP32 ({reference}) on {len(images)} images")
-        agreement = verify(args.out, reference, images, profile)
-        gate = 100 * args.min_agreement
-        log(f"label agreement engine vs ONNX Runtime FP32: {100 * agreement:.3f}% (gate {gate:.1f}%)")
-        if agreement < args.min_agreement:
-            print(f"build_engine: label agreement {100 * agreement:.3f}% is below the gate", file=sys.stderr)
+        gate = Gate(args.tie_atol, args.tie_rtol, 1 - args.min_agreement)
+        agreement = verify(args.out, reference, images, profile, gate)
+        log(f"label agreement engine vs ONNX Runtime FP32: {agreement.summary()} (gate: {gate.describe()})")
+        if not agreement.passes(gate):
+            print(
+                f"build_engine: real disagreements on {100 * agreement.real_share:.3f}% of pixels "
+                f"exceed the gate ({gate.describe()})",
+                file=sys.stderr,
+            )
             return 1
     if args.triton_repo is not None:
         from export.triton import write_repository
@@ -219,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in written:
         log(f"  wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if agreement is not None:
-        log(f"  label agreement {100 * agreement:.3f}%")
+        log(f"  label agreement: {agreement.summary()}")
     return 0
 
 

@@ -10,7 +10,8 @@ first convolution: three cheap channels, and FP16 would round the fractional Caf
 type. Casts are inserted at every boundary between the FP16 and FP32 parts.
 
 The label agreement with the FP32 model is measured on the CPU (ONNX Runtime when it runs FP16
-convolutions, otherwise onnx's reference evaluator) and gated (default ≥ 99.5%).
+convolutions, otherwise onnx's reference evaluator) and gated tie-aware (:mod:`export.agreement`): near
+ties are reported apart, real disagreements may be at most 0.5% of the pixels (``--min-agreement``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 from common.contract import INPUT_NAME, LABELS_NAME, PROP_PRECISION
 from common.onnxrt import create_session
+from export.agreement import FP16_GATE, Agreement, Gate, compare, scores_name, with_scores_output
 from export.images import validation_images
 from export.trtlint import check as check_tensorrt_graph
 
@@ -43,12 +45,12 @@ FP16_OP_TYPES = frozenset(
 )  # fmt: skip
 """Op types that may run in FP16 (each has FP16 kernels in TensorRT; any FLOAT input becomes FLOAT16)."""
 DEFAULT_KEEP_OP_TYPES: tuple[str, ...] = ("ArgMax",)
-MIN_AGREEMENT = 0.995
+MIN_AGREEMENT = 1 - FP16_GATE.max_real
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 
 
 class AgreementError(RuntimeError):
-    """FP16 labels agree with FP32 labels on too few pixels."""
+    """FP16 labels disagree for real with FP32 labels on too many pixels."""
 
 
 @dataclass(frozen=True)
@@ -210,25 +212,30 @@ class Runner:
             self._reference = ReferenceEvaluator(model)
             self.engine = f"onnx reference evaluator ({str(error).splitlines()[0][:120]})"
 
+    def run(self, names: Sequence[str], images: np.ndarray) -> list[np.ndarray]:
+        """The named outputs for a uint8 NHWC batch."""
+        if self._session is not None:
+            return list(self._session.run(list(names), {INPUT_NAME: images}))
+        return list(self._reference.run(list(names), {INPUT_NAME: images}))
+
     def labels(self, images: np.ndarray) -> np.ndarray:
         """uint8 labels of a uint8 NHWC batch."""
-        if self._session is not None:
-            return self._session.run([LABELS_NAME], {INPUT_NAME: images})[0]
-        return self._reference.run([LABELS_NAME], {INPUT_NAME: images})[0]
+        return self.run([LABELS_NAME], images)[0]
 
 
 def label_agreement(
-    fp32: onnx.ModelProto, fp16: onnx.ModelProto, images: Sequence[np.ndarray]
-) -> tuple[float, str]:
-    """Share of pixels whose FP16 label equals the FP32 label over ``images``, and what ran the FP16 model."""
-    reference, candidate = Runner(fp32), Runner(fp16, fp16_tensors=True)
-    equal = total = 0
+    fp32: onnx.ModelProto, fp16: onnx.ModelProto, images: Sequence[np.ndarray], gate: Gate = FP16_GATE
+) -> tuple[Agreement, str]:
+    """Tie-aware agreement of the FP16 labels with the FP32 labels and scores over ``images``, and what
+    ran the FP16 model."""
+    reference, candidate = Runner(with_scores_output(fp32)), Runner(fp16, fp16_tensors=True)
+    outputs = [LABELS_NAME, scores_name(fp32)]
+    total = Agreement()
     for image in images:
         batch = image[None]
-        expected, got = reference.labels(batch), candidate.labels(batch)
-        equal += int(np.sum(expected == got))
-        total += expected.size
-    return equal / total, candidate.engine
+        labels, scores = reference.run(outputs, batch)
+        total = total.add(compare(scores, labels, candidate.labels(batch), gate))
+    return total, candidate.engine
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,8 +255,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, help="VOC-layout folder whose val split is measured")
     parser.add_argument("--count", type=int, default=16, help="validation images to measure (default 16)")
     parser.add_argument("--size", type=int, default=160, help="side of synthetic images without --images")
-    parser.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT, help="gate (default 0.995)")
+    parser.add_argument(
+        "--min-agreement", type=float, default=MIN_AGREEMENT,
+        help="gate: share of pixels equal or near ties (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tie-atol", type=float, default=FP16_GATE.atol, help="near-tie tolerance (%(default)s)"
+    )
+    parser.add_argument(
+        "--tie-rtol", type=float, default=FP16_GATE.rtol, help="near-tie tolerance per unit of top score"
+    )
     args = parser.parse_args(argv)
+    gate = Gate(args.tie_atol, args.tie_rtol, 1 - args.min_agreement)
     start = time.perf_counter()
     try:
         fp32 = onnx.load(str(args.onnx))
@@ -266,13 +283,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = validation_images(args.images, args.count, (args.size, args.size))
         source = f"{args.images} (val)" if args.images else f"synthetic scenes {args.size}x{args.size}"
         log(f"measuring label agreement with FP32 on {len(images)} images from {source}")
-        agreement, engine = label_agreement(fp32, conversion.model, images)
+        agreement, engine = label_agreement(fp32, conversion.model, images, gate)
         log(f"FP16 ran on {engine}")
-        log(f"label agreement FP16 vs FP32: {100 * agreement:.3f}% (gate {100 * args.min_agreement:.1f}%)")
-        if agreement < args.min_agreement:
+        log(f"label agreement FP16 vs FP32: {agreement.summary()} (gate: {gate.describe()})")
+        if not agreement.passes(gate):
             raise AgreementError(
-                f"FP16 labels agree with FP32 on {100 * agreement:.3f}% of pixels, below "
-                f"{100 * args.min_agreement:.1f}%: keep more nodes in FP32 (--keep-nodes / --keep-op-types)"
+                f"FP16 labels disagree with FP32 for real on {100 * agreement.real_share:.3f}% of pixels "
+                f"({agreement.summary()}), gate {gate.describe()}: keep more nodes in FP32 "
+                "(--keep-nodes / --keep-op-types)"
             )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(conversion.model, str(args.out))
@@ -282,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size_mb = args.out.stat().st_size / 1e6
     log(
         f"done in {time.perf_counter() - start:.1f} s: wrote {args.out} ({size_mb:.2f} MB, "
-        f"was {args.onnx.stat().st_size / 1e6:.2f} MB); agreement {100 * agreement:.3f}%"
+        f"was {args.onnx.stat().st_size / 1e6:.2f} MB); {agreement.summary()}"
     )
     return 0
 

@@ -7,7 +7,9 @@ The graph takes ``image`` uint8 ``[N, H, W, 3]`` RGB (N, H, W dynamic) and retur
 ONNX Runtime agrees with PyTorch on every label of every check size (square, portrait, landscape, odd,
 a batch of 3, none of them the trace size), so an exporter that froze the crop offsets or sizes at the
 trace size fails here instead of in production, and after the TensorRT graph lint (:mod:`export.trtlint`)
-passed, so a graph TensorRT's parser would reject fails here too.
+passed, so a graph TensorRT's parser would reject fails here too. Agreement is tie-aware
+(:mod:`export.agreement`): a label that differs only where PyTorch's two best classes are within rounding
+of each other is a near tie, reported but not a failure; any other differing label fails the export.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from common.contract import (
 from common.digest import file_sha256
 from common.metadata import ModelMetadata
 from common.onnxrt import create_session
+from export.agreement import ONNX_GATE, Agreement, Gate, compare, with_scores_output
 from export.graph import DeployableFCN, deployable_graph
 from export.images import synthetic_batch
 from export.passes import fold_pool_padding, labels_via_float, shapes_from_cast
@@ -66,13 +69,17 @@ class SizeCheck:
     """ONNX Runtime vs PyTorch on one input shape."""
 
     shape: tuple[int, int, int]
-    agreement: float
-    """Share of pixels with equal labels (0 when the output shape is wrong)."""
+    labels: Agreement
+    """Equal labels, near ties and real disagreements (a problem when the output shape is wrong)."""
     max_abs_score_diff: float
     """max |Δscore| over all pixels and classes (inf when the output shape is wrong)."""
     classes_seen: int
     """Distinct labels PyTorch predicted (a check where every pixel is one class proves little)."""
-    problem: str = ""
+
+    @property
+    def agreement(self) -> float:
+        """Share of pixels with equal labels (0 when the output shape is wrong)."""
+        return self.labels.share
 
 
 def log(message: str) -> None:
@@ -144,36 +151,21 @@ def name_output_dims(model: onnx.ModelProto) -> None:
                 dim.dim_param = name
 
 
-def with_scores_output(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose outputs also include the tensor the graph's ArgMax reads (the class scores)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    argmax = [node for node in copy.graph.node if node.op_type == "ArgMax"]
-    if len(argmax) != 1:
-        raise ValueError(f"expected one ArgMax node, found {len(argmax)}")
-    scores = argmax[0].input[0]
-    if scores not in {o.name for o in copy.graph.output}:
-        inferred = onnx.shape_inference.infer_shapes(copy).graph.value_info
-        info = next((v for v in inferred if v.name == scores), None)
-        if info is None:
-            raise ValueError(f"cannot infer the type of the ArgMax input {scores!r}")
-        copy.graph.output.append(info)
-    return copy
-
-
-def check_size(session: ort.InferenceSession, reference: DeployableFCN, images: np.ndarray) -> SizeCheck:
+def check_size(
+    session: ort.InferenceSession, reference: DeployableFCN, images: np.ndarray, gate: Gate = ONNX_GATE
+) -> SizeCheck:
     """Run one batch through ONNX Runtime (labels + scores) and the PyTorch reference; compare."""
     shape = (images.shape[0], images.shape[1], images.shape[2])
     with torch.no_grad():
         ref_labels, ref_scores = (t.numpy() for t in reference(torch.from_numpy(images)))
     labels, scores = session.run(None, {INPUT_NAME: images})[:2]
     classes = len(np.unique(ref_labels))
-    if labels.shape != ref_labels.shape or scores.shape != ref_scores.shape:
+    agreement = compare(ref_scores, ref_labels, labels, gate)
+    if agreement.problems or scores.shape != ref_scores.shape:
         problem = (
             f"output {list(labels.shape)} / scores {list(scores.shape)}, expected {list(ref_labels.shape)}"
         )
-        return SizeCheck(shape, 0.0, float("inf"), classes, problem)
-    agreement = float(np.mean(labels == ref_labels))
+        return SizeCheck(shape, Agreement(agreement.pixels, problems=(problem,)), float("inf"), classes)
     diff = float(np.max(np.abs(scores.astype(np.float32) - ref_scores)))
     return SizeCheck(shape, agreement, diff, classes)
 
@@ -183,10 +175,12 @@ def verify_onnx(
     reference: DeployableFCN,
     shapes: Sequence[tuple[int, int, int]] = CHECK_SHAPES,
     seed: int = 0,
+    gate: Gate = ONNX_GATE,
 ) -> list[SizeCheck]:
     """Compare ONNX Runtime with the PyTorch reference (built with ``scores=True``) on synthetic scenes.
 
-    Raises :class:`VerificationError` unless every label of every shape agrees.
+    Raises :class:`VerificationError` unless every shape passes ``gate`` (by default: no real
+    disagreement; near ties are reported).
     """
     if not reference.scores:
         raise ValueError("the reference graph must return scores (deployable_graph(..., scores=True))")
@@ -194,19 +188,17 @@ def verify_onnx(
     checks = []
     for n, h, w in shapes:
         check = check_size(
-            session, reference, synthetic_batch(n, max(h, 8), max(w, 8), seed)[:, :h, :w].copy()
+            session, reference, synthetic_batch(n, max(h, 8), max(w, 8), seed)[:, :h, :w].copy(), gate
         )
         checks.append(check)
         log(
-            f"  {n}x{h}x{w}: label agreement {100 * check.agreement:.4f}%, max |Δscore| "
-            f"{check.max_abs_score_diff:.3g}, {check.classes_seen} classes {check.problem}".rstrip()
+            f"  {n}x{h}x{w}: {check.labels.summary()}; max |Δscore| {check.max_abs_score_diff:.3g}, "
+            f"{check.classes_seen} classes"
         )
-    failed = [c for c in checks if c.agreement < 1.0]
+    failed = [c for c in checks if not c.labels.passes(gate)]
     if failed:
-        details = "; ".join(
-            f"{'x'.join(map(str, c.shape))}: {100 * c.agreement:.4f}% {c.problem}".rstrip() for c in failed
-        )
-        raise VerificationError(f"ONNX Runtime disagrees with PyTorch: {details}")
+        details = "; ".join(f"{'x'.join(map(str, c.shape))}: {c.labels.summary()}" for c in failed)
+        raise VerificationError(f"ONNX Runtime disagrees with PyTorch ({gate.describe()}): {details}")
     return checks
 
 
@@ -220,6 +212,7 @@ def export_onnx(
     opset: int = MIN_OPSET,
     shapes: Sequence[tuple[int, int, int]] = CHECK_SHAPES,
     group_upsampling: bool = True,
+    gate: Gate = ONNX_GATE,
 ) -> list[SizeCheck]:
     """Export, check (``onnx.checker`` full check), verify on ``shapes`` and only then write ``out``."""
     out = Path(out)
@@ -250,7 +243,7 @@ def export_onnx(
     log("onnx.checker (full check) and the TensorRT graph lint (export/trtlint.py) passed")
     log(f"verifying ONNX Runtime against PyTorch on {len(shapes)} input shapes (trace shape {TRACE_SHAPE})")
     reference = deployable_graph(model, metadata, scores=True, friendly=False)
-    checks = verify_onnx(proto, reference, shapes)
+    checks = verify_onnx(proto, reference, shapes, gate=gate)
     onnx.save(proto, str(out))
     return checks
 
@@ -275,6 +268,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check-shapes", type=parse_shape, nargs="+", default=list(CHECK_SHAPES), metavar="NxHxW",
         help="verification input shapes (default: %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--tie-atol",
+        type=float,
+        default=ONNX_GATE.atol,
+        help="near-tie score tolerance, absolute (%(default)s)",
+    )
+    parser.add_argument(
+        "--tie-rtol",
+        type=float,
+        default=ONNX_GATE.rtol,
+        help="near-tie tolerance per unit of the top score (%(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.opset < MIN_OPSET:
         parser.error(f"--opset must be at least {MIN_OPSET}")
@@ -284,17 +289,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, metadata = load_checkpoint(args.checkpoint, args.architecture)
         checks = export_onnx(
             model, metadata, args.out, source_sha256=file_sha256(args.checkpoint), scores=args.scores,
-            opset=args.opset, shapes=args.check_shapes, group_upsampling=not args.dense_upsampling,
+            opset=args.opset, shapes=args.check_shapes, gate=Gate(args.tie_atol, args.tie_rtol),
+            group_upsampling=not args.dense_upsampling,
         )  # fmt: skip
     except (VerificationError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"export failed: {error}", file=sys.stderr)
         return 1
-    worst = min(c.agreement for c in checks)
+    pooled = Agreement()
+    for check in checks:
+        pooled = pooled.add(check.labels)
     max_diff = max(c.max_abs_score_diff for c in checks)
     size_mb = args.out.stat().st_size / 1e6
     log(
         f"done in {time.perf_counter() - start:.1f} s: wrote {args.out} ({size_mb:.2f} MB); "
-        f"label agreement {100 * worst:.4f}% on all {len(checks)} shapes, max |Δscore| {max_diff:.3g}"
+        f"{len(checks)} shapes: {pooled.summary()}, max |Δscore| {max_diff:.3g}"
     )
     return 0
 

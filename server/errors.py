@@ -9,7 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from server.batcher import DeadlineError, InferenceError, QueueFullError, ShuttingDownError
-from server.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageFormat
+from server.imaging import (
+    DecodeCancelled,
+    DecodeDeadline,
+    ImageTooLarge,
+    UndecodableImage,
+    UnsupportedImageFormat,
+)
 from server.upload import (
     BadFormFields,
     BodyTimeout,
@@ -35,9 +41,11 @@ STATUS: dict[type[Exception], int] = {
     BadFormFields: 422,
     QueueFullError: 429,
     ClientGone: CLIENT_CLOSED,
+    DecodeCancelled: CLIENT_CLOSED,
     InferenceError: 500,
     ShuttingDownError: 503,
     DeadlineError: 504,
+    DecodeDeadline: 504,
 }
 """Status code of each domain exception (``FCN_QUEUE_FULL_STATUS`` may turn 429 into 503)."""
 

@@ -56,7 +56,7 @@ async def infer(
             {"Retry-After": str(settings.retry_after_s)},
         ) from None
     loop = asyncio.get_running_loop()
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
     pending: set[asyncio.Future[object]] = {job.future for job in jobs}  # type: ignore[misc]
     try:
         while pending:
@@ -114,7 +114,7 @@ def _failure(exc: BaseException, settings: Settings, metrics: Metrics) -> Failur
     raise exc
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def wait_disconnect(receive: Receive) -> None:
     """Return when the client closes the connection (the body has been read already)."""
     while (await receive())["type"] != "http.disconnect":
         pass

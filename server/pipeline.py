@@ -14,7 +14,15 @@ import numpy as np
 
 from common.geometry import ServingGeometry, Shape
 from common.metadata import ModelMetadata
-from server.imaging import decode_for_inference, encode_label_png, resize_labels, resize_rgb
+from server.imaging import (
+    UNLIMITED,
+    Budget,
+    DecodeLimits,
+    decode_for_inference,
+    encode_label_png,
+    resize_labels,
+    resize_rgb,
+)
 from server.masks import class_rles
 from server.schemas import RLE, ClassMask, Segmentation
 
@@ -30,38 +38,37 @@ class Prepared:
     size: Shape
     original: Shape
     cpu_s: dict[str, float] = field(default_factory=dict)
-    """Thread CPU seconds of each step: ``decode``, ``resize``, ``pad``."""
+    """Thread CPU seconds of each step: ``decode`` (with the resize, for uploads) or ``resize``, ``pad``."""
 
 
 def prepare(
-    data: bytes, geometry: ServingGeometry, pad_colour: tuple[int, int, int], max_pixels: int
+    data: bytes,
+    geometry: ServingGeometry,
+    pad_colour: tuple[int, int, int],
+    limits: DecodeLimits,
+    budget: Budget = UNLIMITED,
 ) -> Prepared:
-    """Decode (limits, EXIF, RGB), resize to the inference size and pad to the bucket."""
+    """Decode within ``limits`` and ``budget`` (EXIF, RGB) at the inference size and pad to the bucket.
+
+    ``cpu_s["decode"]`` includes the resize to the inference size, which decoding does itself (a large
+    JPEG is decoded at a reduced DCT scale)."""
     start = time.thread_time()
-    rgb, original = decode_for_inference(data, max_pixels, geometry.max_side)
-    return _fit(rgb, original, geometry, pad_colour, {"decode": time.thread_time() - start})
+    rgb, original = decode_for_inference(data, limits, geometry.inference_size, budget)
+    decoded = time.thread_time()
+    padded = geometry.pad(rgb, pad_colour)
+    cpu = {"decode": decoded - start, "pad": time.thread_time() - decoded}
+    return Prepared(padded, (rgb.shape[0], rgb.shape[1]), original, cpu)
 
 
 def prepare_pixels(rgb: np.ndarray, geometry: ServingGeometry, pad_colour: tuple[int, int, int]) -> Prepared:
     """An already decoded uint8 ``[H, W, 3]`` image, resized to the inference size and padded."""
-    return _fit(rgb, (rgb.shape[0], rgb.shape[1]), geometry, pad_colour, {"decode": 0.0})
-
-
-def _fit(
-    rgb: np.ndarray,
-    original: Shape,
-    geometry: ServingGeometry,
-    pad_colour: tuple[int, int, int],
-    cpu: dict[str, float],
-) -> Prepared:
-    clock = time.thread_time
-    decoded = clock()
-    size = geometry.inference_size(*original)
+    start = time.thread_time()
+    size = geometry.inference_size(rgb.shape[0], rgb.shape[1])
     small = resize_rgb(rgb, size)
-    resized = clock()
+    resized = time.thread_time()
     padded = geometry.pad(small, pad_colour)
-    cpu |= {"resize": resized - decoded, "pad": clock() - resized}
-    return Prepared(padded, size, original, cpu)
+    cpu = {"resize": resized - start, "pad": time.thread_time() - resized}
+    return Prepared(padded, size, (rgb.shape[0], rgb.shape[1]), cpu)
 
 
 def labels_at_upload_size(labels: np.ndarray, prepared: Prepared) -> np.ndarray:

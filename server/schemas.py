@@ -82,3 +82,38 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         }.items()
     },
 }
+
+
+class ProtocolErrorBody(BaseModel):
+    """Every error of the Open Inference Protocol routes."""
+
+    error: str
+
+
+V2_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ProtocolErrorBody, "description": text}
+    for code, text in {
+        400: "bad tensor, header or request; or (readiness) not ready",
+        401: "missing or wrong API key",
+        404: "no such model or version is loaded (or exists)",
+        408: "the body did not arrive within the deadline",
+        413: "body, image or rows over the limits",
+        415: "an encoded image in a format not accepted",
+        429: "queue full or too many uploads (Retry-After)",
+        500: "the model failed on this request's batch",
+        503: "not ready or shutting down",
+        504: "deadline passed",
+    }.items()
+}
+"""The statuses and error body of every ``/v2`` route (documented in ``/openapi.json``)."""
+MODEL_INFO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        401: "missing or wrong API key",
+        404: "no such model or version is loaded",
+        422: "bad parameters",
+        503: "models are loading",
+    }.items()
+}
+NO_BODY: dict[int | str, dict[str, Any]] = {200: {"description": "true (no body)", "content": {}}}
+"""A protocol health answer: the status is the answer."""

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.geometry import DEFAULT_GRANULARITY, DEFAULT_MAX_BATCH, DEFAULT_MAX_SIDE
+from server.imaging import DEFAULT_MAX_JPEG_SCANS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "demo" / "fcn8s-demo.onnx"
@@ -70,7 +71,12 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="run every bucket shape once before reporting ready")
 
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="request body limit (413 beyond)")
-    max_pixels: int = Field(40_000_000, ge=1, description="decoded image pixel limit, from the header (413)")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="decoded image limit, from the header: pixels, and 3 bytes each (413)"
+    )
+    max_jpeg_scans: int = Field(
+        DEFAULT_MAX_JPEG_SCANS, ge=1, description="most scans in a JPEG (each decodes the image again; 413)"
+    )
     max_form_parts: int = Field(4, ge=1, description="most parts accepted in a multipart body")
     max_header_bytes: int = Field(16384, ge=1024, description="largest total size of request headers (431)")
     max_inflight_body_bytes: int = Field(
@@ -163,7 +169,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "image sizes and warm-up": ("max_side", "bucket", "warmup"),
     "request limits": (
-        "max_body_bytes", "max_pixels", "max_form_parts", "max_header_bytes", "max_inflight_body_bytes",
+        "max_body_bytes", "max_pixels", "max_jpeg_scans", "max_form_parts", "max_header_bytes",
+        "max_inflight_body_bytes",
     ),
     "execution": ("instances", "threads_per_instance", "codec_threads"),
     "access": ("api_key", "metrics_need_key", "cors_origins", "docs_pages"),

@@ -11,11 +11,12 @@ from server.errors import error_response
 from server.imaging import ACCEPTED_TEXT
 from server.registry import UnknownModel
 from server.routes.deps import ServiceDep, require_key
+from server.schemas import MODEL_INFO_RESPONSES
 
 router = APIRouter(tags=["model"])
 
 
-@router.get("/v1/models", dependencies=[Depends(require_key)])
+@router.get("/v1/models", dependencies=[Depends(require_key)], responses=MODEL_INFO_RESPONSES)
 async def models(service: ServiceDep) -> Response:
     """The models being served (name, version, title) and which one answers requests that name none."""
     if service.registry is None:
@@ -33,7 +34,7 @@ async def models(service: ServiceDep) -> Response:
     return JSONResponse({"default": registry.default_name, "models": loaded})
 
 
-@router.get("/v1/model", dependencies=[Depends(require_key)])
+@router.get("/v1/model", dependencies=[Depends(require_key)], responses=MODEL_INFO_RESPONSES)
 async def model_info(
     service: ServiceDep,
     model: Annotated[str | None, Query(description="model name (default: the default model)")] = None,

@@ -1,9 +1,10 @@
 """``POST /segment``: image bytes → decode → batch → forward → encode → response.
 
 Read top to bottom: admission (ready, not draining, room in the budget of bodies held at once) → body
-within its limits (:mod:`server.upload`) → prepare on a codec thread (:func:`server.pipeline.prepare`) → the
-batcher's queue → wait for the batch (deadline, client disconnect, backend failure) → finish on a codec
-thread → response with timing headers. Requests are counted by :class:`server.middleware.RequestMetrics`
+within its limits (:mod:`server.upload`) → prepare on a codec thread (:func:`server.pipeline.prepare`,
+stopped at the deadline or when the client leaves) → the batcher's queue → wait for the batch (deadline,
+client disconnect, backend failure: :mod:`server.inference`) → finish on a codec thread → response with
+timing headers. Requests are counted by :class:`server.middleware.RequestMetrics`
 (refusals included); a refusal sent before the body was read closes the connection
 (:mod:`server.protocol`).
 """
@@ -17,10 +18,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from starlette.types import Receive
 
 from server.errors import CLIENT_CLOSED, error_response, status_of
-from server.imaging import ImageError
-from server.inference import Failure, infer
+from server.imaging import Budget, DecodeCancelled, DecodeDeadline, DecodeLimits, ImageError
+from server.inference import Failure, infer, wait_disconnect
 from server.lifecycle import Service
 from server.negotiation import choose_format
 from server.pipeline import MEDIA_TYPES, OutputFormat, Prepared, finish, prepare
@@ -89,7 +91,7 @@ async def _segment(
     stages = model.metrics.stages
     deadline = asyncio.get_running_loop().time() + settings.deadline_ms / 1000
     fmt = choose_format(query_format, request.headers.get("accept"))
-    prepared = await _read_and_prepare(service, model, request)
+    prepared = await _read_and_prepare(service, model, request, deadline)
     if isinstance(prepared, Response):
         return prepared
     try:
@@ -114,7 +116,9 @@ async def _segment(
     return Response(finished.body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
-async def _read_and_prepare(service: Service, model: ServedModel, request: Request) -> Prepared | Response:
+async def _read_and_prepare(
+    service: Service, model: ServedModel, request: Request, deadline: float
+) -> Prepared | Response:
     """The upload, admitted into the budget of bodies held at once, read within its limits and decoded on a
     codec thread; or the error response. The body's bytes are given back when this returns."""
     settings, metrics, stages = service.settings, service.metrics, model.metrics.stages
@@ -134,9 +138,7 @@ async def _read_and_prepare(service: Service, model: ServedModel, request: Reque
             data = await read_image_bytes(request, limits)
             stages.labels("receive").observe(time.perf_counter() - start)
             start = time.perf_counter()
-            prepared: Prepared = await service.in_codec_thread(
-                prepare, data, model.geometry, model.pad_colour, settings.max_pixels
-            )
+            prepared = await _prepare(service, model, data, request.receive, deadline)
             metrics.decode_seconds.observe(time.perf_counter() - start)
             for stage, seconds in prepared.cpu_s.items():
                 stages.labels(stage).observe(seconds)
@@ -144,6 +146,40 @@ async def _read_and_prepare(service: Service, model: ServedModel, request: Reque
         except ClientGone:
             metrics.failures.labels("cancelled").inc()
             return error_response(CLIENT_CLOSED, "client closed the request during the upload")
+        except DecodeCancelled as exc:
+            metrics.failures.labels("cancelled").inc()
+            return error_response(status_of(exc), "client closed the request while its image was decoded")
+        except DecodeDeadline as exc:
+            metrics.failures.labels("expired").inc()
+            return error_response(
+                status_of(exc), f"deadline of {settings.deadline_ms:g} ms passed while decoding the image"
+            )
         except (UploadError, ImageError) as exc:
             metrics.failures.labels("bad_input").inc()
             return error_response(status_of(exc), exc.detail)
+
+
+async def _prepare(
+    service: Service, model: ServedModel, data: bytes, receive: Receive, deadline: float
+) -> Prepared:
+    """:func:`prepare` on a codec thread under a :class:`Budget`: when the deadline passes or the client
+    leaves, the budget is cancelled (the decoder stops at its next piece of the file or step) and
+    :class:`DecodeDeadline` / :class:`DecodeCancelled` is raised without waiting for the thread."""
+    loop = asyncio.get_running_loop()
+    budget = Budget(time.monotonic() + (deadline - loop.time()))
+    limits = DecodeLimits.from_settings(service.settings)
+    work = asyncio.ensure_future(
+        service.in_codec_thread(prepare, data, model.geometry, model.pad_colour, limits, budget)
+    )
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait(
+            {work, watcher}, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        watcher.cancel()
+    if work in done:
+        return work.result()  # type: ignore[no-any-return]
+    budget.cancel()
+    work.cancel()
+    raise DecodeCancelled() if watcher in done else DecodeDeadline()

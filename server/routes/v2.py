@@ -8,6 +8,7 @@ of an image are the same either way. Errors are ``{"error": "..."}`` with the st
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -17,13 +18,14 @@ from fastapi.responses import JSONResponse, Response
 
 from common.contract import INPUT_NAME, LABELS_NAME
 from server.errors import status_of
-from server.imaging import ImageError
+from server.imaging import Budget, DecodeLimits, DecodeStopped, ImageError
 from server.inference import Failure, infer
 from server.lifecycle import Service
 from server.oip import BYTES_INPUT, HEADER_LENGTH, ProtocolError, encode_response, parse_request
 from server.pipeline import Prepared, labels_at_upload_size, prepare, prepare_pixels
 from server.registry import LoadError, UnknownModel
 from server.routes.deps import ServiceDep, check_key, key_header
+from server.schemas import NO_BODY, V2_RESPONSES
 from server.served import ServedModel
 from server.upload import BodyLimits, ClientGone, UploadError, read_body
 
@@ -40,8 +42,13 @@ def require_key(service: ServiceDep, given: Annotated[str | None, Depends(key_he
         raise ProtocolError(401, "missing or wrong API key: send it in the X-API-Key header") from exc
 
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"])
-keyed = APIRouter(prefix="/v2", tags=["open inference protocol"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], responses=V2_RESPONSES)
+keyed = APIRouter(
+    prefix="/v2",
+    tags=["open inference protocol"],
+    dependencies=[Depends(require_key)],
+    responses=V2_RESPONSES,
+)
 
 
 def install(app: FastAPI) -> None:
@@ -69,13 +76,13 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": "1.0", "extensions": EXTENSIONS}
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_class=Response, responses=NO_BODY)
 async def live() -> Response:
     """200 while the process serves HTTP."""
     return Response(status_code=200)
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", response_class=Response, responses=NO_BODY)
 async def ready(service: ServiceDep) -> Response:
     """200 once every start-up model is loaded and warm, 400 before (the protocol's "false")."""
     return Response(status_code=200 if service.not_ready_reason() is None else 400)
@@ -118,13 +125,13 @@ async def model_version_metadata(service: ServiceDep, name: str, version: str) -
     return _metadata(_model(service, name, version))
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", response_class=Response, responses=NO_BODY)
 async def model_ready(service: ServiceDep, name: str) -> Response:
     """200 when the model serves, 400 when it is not loaded."""
     return _ready(service, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=NO_BODY)
 async def model_version_ready(service: ServiceDep, name: str, version: str) -> Response:
     """200 when that version serves."""
     return _ready(service, name, version)
@@ -181,13 +188,19 @@ async def _infer(request: Request, service: Service, name: str, version: str | N
         try:
             body = await read_body(request, limits)
             parsed = parse_request(body, request.headers.get(HEADER_LENGTH.lower()), settings.max_batch_size)
-            prepared = await service.in_codec_thread(_prepare_rows, parsed, model, settings.max_pixels)
+            budget = Budget(time.monotonic() + settings.deadline_ms / 1000)
+            prepared = await service.in_codec_thread(
+                _prepare_rows, parsed, model, DecodeLimits.from_settings(settings), budget
+            )
         except ClientGone:
             metrics.failures.labels("cancelled").inc()
             raise ProtocolError(499, "client closed the request during the upload") from None
         except (UploadError, ImageError) as exc:
             metrics.failures.labels("bad_input").inc()
             raise ProtocolError(status_of(exc), exc.detail) from None
+        except DecodeStopped as exc:
+            metrics.failures.labels("expired").inc()
+            raise ProtocolError(status_of(exc), "the deadline passed while decoding the images") from None
         except ProtocolError:
             metrics.failures.labels("bad_input").inc()
             raise
@@ -207,17 +220,19 @@ async def _infer(request: Request, service: Service, name: str, version: str | N
         return Response(body, headers=headers)
 
 
-def _prepare_rows(parsed: Any, model: ServedModel, max_pixels: int) -> list[Prepared]:
-    """Each row resized and padded like an upload to /segment; every row must have the same size."""
+def _prepare_rows(parsed: Any, model: ServedModel, limits: DecodeLimits, budget: Budget) -> list[Prepared]:
+    """Each row resized and padded like an upload to /segment (encoded rows decoded within the same limits
+    and the request's deadline); every row must have the same size."""
     if parsed.pixels is not None:
         height, width = parsed.pixels.shape[1:3]
+        max_pixels = limits.max_pixels
         if height * width > max_pixels:
             raise ProtocolError(
                 413, f"image is {width}x{height} = {height * width} pixels; the limit is {max_pixels}"
             )
         rows = [prepare_pixels(row, model.geometry, model.pad_colour) for row in parsed.pixels]
     else:
-        rows = [prepare(data, model.geometry, model.pad_colour, max_pixels) for data in parsed.encoded]
+        rows = [prepare(data, model.geometry, model.pad_colour, limits, budget) for data in parsed.encoded]
     sizes = {row.original for row in rows}
     if len(sizes) > 1:
         raise ProtocolError(

@@ -10,8 +10,6 @@ import pytest
 from bench import http
 from bench.report import render
 
-pytest.importorskip("server.app", reason="the server package is not importable")
-
 
 def test_quick_http_sweep_against_started_servers(tiny_fp32: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"

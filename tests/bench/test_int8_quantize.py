@@ -54,7 +54,6 @@ def test_random_small_model_agrees_with_fp32(tiny_fp32: Path, tiny_int8: Path) -
     assert _agreement(tiny_fp32, tiny_int8, count=3, size=96) > 0.85
 
 
-@pytest.mark.skipif(not DEMO_ONNX.exists(), reason="models/demo/fcn8s-demo.onnx is not there yet")
 def test_demo_model_int8_agrees_with_fp32(tmp_path: Path) -> None:
     out = tmp_path / "demo-int8.onnx"
     quantize_onnx(DEMO_ONNX, out, synthetic_images(8, 160))  # the demo's training scenes are 160 px

@@ -52,6 +52,24 @@ def test_dockerfile_shape(dockerfile):
     assert final.index("COPY --from=deps") < final.index("COPY server/")
 
 
+PROJECT_PACKAGES = ("common", "engine", "export", "server", "training")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_copy_every_package_the_server_imports(dockerfile):
+    """Each project package `server/` imports (at any depth of the call, lazily or not) is copied into the
+    image and let through .dockerignore: the CPU image once lacked `engine/` and crashed at start-up."""
+    imports = re.compile(rf"^\s*(?:from|import)\s+({'|'.join(PROJECT_PACKAGES)})\b", re.M)
+    needed = {m for path in (REPO_ROOT / "server").rglob("*.py") for m in imports.findall(path.read_text())}
+    assert "common" in needed and "engine" in needed  # the scan works
+    copied = set(re.findall(r"^COPY (\w+)/ \1/$", dockerfile.read_text(), re.M))
+    allowed = {
+        line[1:].rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text().split() if line[0] == "!"
+    }
+    assert needed <= copied, f"{dockerfile.name} does not copy {sorted(needed - copied)}"
+    assert needed <= allowed, f".dockerignore keeps {sorted(needed - allowed)} out of the build context"
+
+
 def test_gpu_image_replaces_onnxruntime():
     """The GPU image drops exactly the `onnxruntime==` pin of server.txt (onnxruntime-gpu replaces it)."""
     pins = (REPO_ROOT / "requirements" / "server.txt").read_text().splitlines()

@@ -14,9 +14,10 @@ from onnx import TensorProto, helper
 
 from common.onnxrt import create_session
 from export import fp16
+from export.agreement import FP16_GATE, Agreement, with_scores_output
 from export.fp16 import Runner, convert_to_fp16, label_agreement, preprocessing_nodes
 from export.images import synthetic_batch
-from export.onnx import read_properties, with_scores_output
+from export.onnx import read_properties
 
 from .conftest import Exported
 
@@ -104,7 +105,8 @@ def test_label_agreement_meets_the_gate(fp32_model: onnx.ModelProto, converted: 
     images = list(synthetic_batch(4, 96, 128, seed=7))
     agreement, engine = label_agreement(fp32_model, converted.model, images)
     assert engine.startswith("onnxruntime CPU (FP16 tensors")
-    assert 0.995 <= agreement <= 1.0
+    assert agreement.pixels == 4 * 96 * 128 and agreement.passes(FP16_GATE), agreement.summary()
+    assert agreement.equal + agreement.near_ties + agreement.real == agreement.pixels
 
 
 def test_cli_writes_and_reports(exported: Exported, tmp_path: Path) -> None:
@@ -120,10 +122,15 @@ def test_cli_writes_and_reports(exported: Exported, tmp_path: Path) -> None:
 
 
 def test_cli_gate_blocks_the_write(exported: Exported, tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(fp16, "label_agreement", lambda *args: (0.99, "onnxruntime CPU"))
+    disagreeing = Agreement(pixels=1000, equal=980, near_ties=10, real=10, worst_real_margin=3.0)
+    monkeypatch.setattr(fp16, "label_agreement", lambda *args: (disagreeing, "onnxruntime CPU"))
     out = tmp_path / "fp16.onnx"
     assert fp16.main(["--onnx", str(exported.onnx), "--out", str(out), "--count", "1", "--size", "16"]) == 1
-    assert "99.000%" in capsys.readouterr().err and not out.exists()
+    err = capsys.readouterr().err
+    assert "for real on 1.000% of pixels" in err and "10 near-tie and 10 real" in err and not out.exists()
+    out.unlink(missing_ok=True)
+    args = ["--onnx", str(exported.onnx), "--out", str(out), "--count", "1", "--size", "16"]
+    assert fp16.main([*args, "--min-agreement", "0.99"]) == 0 and out.exists()  # 1% real allowed
 
 
 def test_runner_falls_back_to_the_reference_evaluator(monkeypatch) -> None:

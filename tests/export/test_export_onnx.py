@@ -37,7 +37,9 @@ def dims(value_info: onnx.ValueInfoProto) -> list[str | int]:
 def test_cli_writes_a_verified_model(exported: Exported) -> None:
     assert exported.returncode == 0, exported.log
     for n, h, w in CHECK_SHAPES:
-        assert f"{n}x{h}x{w}: label agreement 100.0000%, max |Δscore|" in exported.log
+        assert (
+            f"{n}x{h}x{w}: 100.0000% equal, 0 near-tie and 0 real disagreements; max |Δscore|" in exported.log
+        )
     assert (1, 333, 517) in CHECK_SHAPES and any(n == 3 for n, _, _ in CHECK_SHAPES)
     assert TRACE_SHAPE not in CHECK_SHAPES
     assert f"wrote {exported.onnx}" in exported.log

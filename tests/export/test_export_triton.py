@@ -14,7 +14,7 @@ from common.geometry import NetworkGeometry, ServingGeometry
 from common.metadata import ModelMetadata
 from engine.spec import Sidecar, write_sidecar
 from export import triton
-from export.onnx import with_scores_output
+from export.agreement import with_scores_output
 
 from .conftest import Exported
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import re
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import httpx
 import numpy as np
 from PIL import Image
 
 from bench.prometheus import parse_samples
+from tests.polling import wait_until  # noqa: F401  (the suite's polling helper, used from here)
 
 from .serverproc import REPO_ROOT
 
@@ -71,16 +71,6 @@ def assert_clean_error(response: httpx.Response, statuses: Iterable[int]) -> str
         assert pattern not in response.text, (pattern, response.text)
     assert not re.search(r"\bline \d+\b", response.text), response.text
     return str(body["detail"])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate()`` until it is true or ``timeout`` seconds pass; return its last value."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from . import bombs
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_ORIENTATION = 0x0112
 
@@ -209,6 +211,14 @@ BAD_CASES: tuple[Case, ...] = (
     _case("PNG header claiming 0x0", lambda: raw_png(0, 0, 8, 2, b""), "image/png", 400),
     _case("PNG header claiming 1x(2^31-1)", lambda: raw_png(1, 2**31 - 1, 8, 2, b""), "image/png", 413),
     _case("GIF screen claiming 65535x65535", lambda: gif_with_screen(65535, 65535), "image/gif", 413),
+    _case(
+        "progressive JPEG with a scan repeated 2000 times",
+        lambda: bombs.progressive_scan_bomb(512, 2000, refinement=True),
+        "image/jpeg",
+        413,
+    ),
+    _case("64x64 TIFF of one 4096x4096 tile", lambda: bombs.tiff_tile_bomb(tile=4096), "image/tiff", 413),
+    _case("float TIFF over the decoded-bytes limit", lambda: bombs.tiff_zeros("F", 2300), "image/tiff", 413),
 )
 """Inputs the server must refuse with a documented 4xx (and keep serving)."""
 
@@ -230,6 +240,14 @@ ODD_CASES: tuple[Case, ...] = (
     _case("WebP", lambda: other_format("WEBP"), "image/webp", 200, size=(64, 48)),
     _case("BMP", lambda: other_format("BMP"), "image/bmp", 200, size=(64, 48)),
     _case("TIFF", lambda: other_format("TIFF"), "image/tiff", 200, size=(64, 48)),
+    _case("MPO (a phone camera's JPEG with a second picture)", bombs.mpo, "image/jpeg", 200, size=(64, 48)),
+    _case(
+        "16-bit grayscale PNG of 2400x2400",
+        lambda: bombs.png16_zeros(2400),
+        "image/png",
+        200,
+        size=(2400, 2400),
+    ),
 )
 """Unusual but valid inputs the server must accept, answering a label map of the (oriented) input size."""
 

@@ -88,7 +88,8 @@ def test_hang_beyond_deadline_times_out_cleanly_and_readiness_reports_it(faulty:
             )
             sock.sendall(body)
             leavers.append(sock)
-        time.sleep(0.2)
+        waiting = len(queued_colours) + len(gone_colours)
+        assert wait_until(lambda: metrics(faulty.url)["fcn_queue_depth"] == waiting, 5.0), "not all queued"
         for sock in leavers:
             sock.shutdown(socket.SHUT_RDWR)
             sock.close()
@@ -137,21 +138,23 @@ def test_sigterm_under_load_drains(tmp_path: Path) -> None:
         colours = unique_colours(6, start=300)
         with httpx.Client(timeout=15) as client, concurrent.futures.ThreadPoolExecutor(6) as pool:
             inflight = [pool.submit(post_image, client, server.url, solid_png(c)) for c in colours]
-            assert wait_until(lambda: len(read_calls(calls_path)) >= 1, 2.0)
-            time.sleep(0.1)
-            signalled = time.monotonic()
+
+            def admitted() -> int:  # images seen by the model (read first), then those queued
+                seen = sum(len(call["marks"]) for call in read_calls(calls_path))
+                return seen + int(metrics(server.url)["fcn_queue_depth"])
+
+            assert wait_until(lambda: admitted() >= len(colours), 5.0), "not every request was admitted"
             server.proc.send_signal(signal.SIGTERM)
             ready = httpx.get(server.url + "/health/ready", timeout=2)
-            ready_latency = time.monotonic() - signalled
-            assert ready.status_code == 503 and ready_latency < 1.0, (ready.status_code, ready_latency)
+            assert ready.status_code == 503 and not all(f.done() for f in inflight), (
+                "503 only after the drain"
+            )
             assert "shutting down" in ready.json()["detail"]
             late = post_image(client, server.url, solid_png((5, 5, 5)))
             assert "shutting down" in assert_clean_error(late, {503})
             statuses = [f.result().status_code for f in inflight]
         assert statuses == [200] * len(colours), statuses
-        assert server.proc.wait(10) == 0
-        drained_in = time.monotonic() - signalled
-        assert drained_in < 10, drained_in
+        assert server.proc.wait(10) == 0  # within the drain timeout
         assert seen_marks(calls_path) >= set(colours)
 
 
@@ -166,17 +169,18 @@ def test_sigterm_with_a_hung_backend_exits_within_the_drain_timeout(tmp_path: Pa
             assert wait_until(
                 lambda: list(HANG) in [m for c in read_calls(calls_path) for m in c["marks"]], 3
             )
-            signalled = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.proc.wait(2 * drain_s + 3)
-            exited_after = time.monotonic() - signalled
+            try:
+                server.proc.wait(2 * drain_s + 3)  # the batch hangs for 40 s
+                exited = True
+            except subprocess.TimeoutExpired:
+                exited = False
             server.proc.kill()
             try:
                 answer = hung.result()
             except httpx.HTTPError:
                 answer = None  # connection closed without an answer: acceptable
-        assert exited_after < 2 * drain_s + 3, f"still running {exited_after:.1f} s after SIGTERM"
+        assert exited, f"still running {2 * drain_s + 3:g} s after SIGTERM"
         if answer is not None:
             assert_clean_error(answer, {503, 504})
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from server.app import create_app
 from server.negotiation import choose_format
 from server.routes.web import STATIC_DIR
 from server.settings import Settings
+from tests.polling import wait_until
 from tests.server.conftest import png_bytes, random_image
 from tests.server.server_fakes import FakeBackend
 
@@ -20,9 +20,7 @@ from tests.server.server_fakes import FakeBackend
 def _client(**settings: object) -> Iterator[TestClient]:
     app = create_app(Settings(max_side=128, bucket=64, **settings), backend_loader=lambda _: FakeBackend())
     with TestClient(app) as client:
-        end = time.monotonic() + 10
-        while client.get("/health/ready").status_code != 200 and time.monotonic() < end:
-            time.sleep(0.02)
+        assert wait_until(lambda: client.get("/health/ready").status_code == 200, 10), "never ready"
         yield client
 
 
@@ -116,13 +114,14 @@ def test_queue_full_status_503_by_configuration() -> None:
     slow[0, 0] = SLOW
     headers = {"content-type": "image/png"}
     for client in _client(queue_size=1, max_batch_size=1, queue_full_status=503, retry_after_s=3):
+        batcher = client.app.state.service.registry.get().batcher  # type: ignore[attr-defined]
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             running = pool.submit(client.post, "/segment", content=png_bytes(slow), headers=headers)
-            time.sleep(0.3)
+            assert wait_until(lambda b=batcher: b.busy_since is not None, 10), "the slow batch never ran"
             queued = pool.submit(
                 client.post, "/segment", content=png_bytes(random_image(32, 32)), headers=headers
             )
-            time.sleep(0.3)
+            assert wait_until(lambda b=batcher: b.depth == 1, 10), "the second image never queued"
             rejected = client.post("/segment", content=png_bytes(random_image(32, 32)), headers=headers)
             assert rejected.status_code == 503 and rejected.headers["retry-after"] == "3"
             assert "queue full" in rejected.json()["detail"]

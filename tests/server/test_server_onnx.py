@@ -1,4 +1,4 @@
-"""The real ONNX Runtime path: a tiny exported FCN-8s behind a real server process, and the demo model."""
+"""The real ONNX Runtime path: the shipped demo model behind a real server process."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_served_labels_equal_a_direct_forward_at_the_bucket_size(
 
 @pytest.mark.slow
 def test_demo_model_mean_iu_on_synthetic_scenes(demo_server: ServerProcess) -> None:
-    synth = pytest.importorskip("training.synth", reason="training.synth provides the scenes")
+    from training import synth
     from training.metrics import ConfusionMeter
 
     meter = ConfusionMeter(21)
@@ -87,12 +87,9 @@ def test_demo_model_mean_iu_on_synthetic_scenes(demo_server: ServerProcess) -> N
 @pytest.mark.slow
 def test_demo_model_bucket_padding_agreement_on_photographs() -> None:
     """Bucketed (padded, cropped) labels vs an unpadded forward at the photo's own size: >= 99.5 %."""
-    from tests.server.conftest import DEMO_ONNX
-
-    if not DEMO_ONNX.is_file():
-        pytest.skip("the demo model models/demo/fcn8s-demo.onnx is not in the repository yet")
-    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the photographs")
     from pathlib import Path
+
+    from skimage import data as skimage_data
 
     from server.agreement import measure, variants
     from server.backends.ort import OnnxRuntimeBackend
@@ -106,6 +103,8 @@ def test_demo_model_bucket_padding_agreement_on_photographs() -> None:
         for name in ("chelsea.png", "coffee.png", "rocket.jpg")
         for image in variants(decode_image((folder / name).read_bytes(), 10**8), settings.max_side, [333])
     ]
+    from tests.server.conftest import DEMO_ONNX
+
     backend = OnnxRuntimeBackend(DEMO_ONNX, use_cuda=False)
     result = measure(backend, images, [settings.bucket], settings.max_side)[settings.bucket]
     assert result.padded > 0, "the photos should need padding"
