@@ -7,8 +7,10 @@ large (~540 MB FP32 at width 1.0), so they live in a cache folder outside the re
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,15 +156,21 @@ def export_naive(model: FCNBase, metadata: ModelMetadata, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     axes = {0: "batch", 2: "height", 3: "width"}
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 3, 64, 96),),
-        str(path),
-        input_names=["input"],
-        output_names=["scores"],
-        dynamic_axes={"input": axes, "scores": axes},
-        verbose=False,
-    )
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(
+        logging.ERROR
+    )  # "no torchvision"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*dynamic_axes.*", category=UserWarning)  # it works here
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, 64, 96),),
+            str(path),
+            input_names=["input"],
+            output_names=["scores"],
+            dynamic_axes={"input": axes, "scores": axes},
+            verbose=False,
+        )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = PROP_METADATA, metadata.to_json()
