@@ -314,12 +314,27 @@ def level_costs(before: Snapshot, after: Snapshot, ok: int, seconds: float) -> d
     return row
 
 
+def accumulated(pairs: Sequence[tuple[Snapshot, Snapshot]]) -> tuple[Snapshot, Snapshot]:
+    """Several (before, after) snapshot pairs of one server as one pair whose difference is their sum."""
+    keys = {key for _, after in pairs for key in after.metrics}
+    metrics = {k: sum(a.metrics.get(k, 0.0) - b.metrics.get(k, 0.0) for b, a in pairs) for k in keys}
+    client = sum(a.client_cpu_s - b.client_cpu_s for b, a in pairs)
+    cpu = None
+    if all(b.cpu is not None and a.cpu is not None for b, a in pairs):
+        used = [a.cpu - b.cpu for b, a in pairs]  # type: ignore[operator]
+        cpu = CpuSample(sum(u.total_s for u in used), sum(u.main_thread_s for u in used))
+    zero = CpuSample(0.0, 0.0) if cpu is not None else None
+    return Snapshot({}, zero, 0.0), Snapshot(metrics, cpu, client)
+
+
 async def run_levels(
     servers: dict[str, Served], args: argparse.Namespace, responses: dict[str, Responses] | None = None
 ) -> list[dict[str, Any]]:
-    """The closed-loop sweep (and the open-loop rates) against every server, alternating the servers level by
-    level (only one is loaded at a time; level i starts with server i mod k), so a slow phase of a shared
-    machine hits all of them alike. With ``responses``, each server's PNG bodies are kept there by image."""
+    """The closed-loop sweep (and the open-loop rates) against every server, alternating the servers within
+    each level (only one is loaded at a time): a closed-loop level runs in ``args.rounds`` rounds, and each
+    round gives every server its share of the requests in turn, starting at server (level + round) mod k, so
+    a slow phase of a shared machine hits all of them alike. With ``responses``, each server's PNG bodies are
+    kept there by image."""
     bodies = encoded_photographs(args.long_side)
     rows: list[dict[str, Any]] = []
     limits = httpx.Limits(
@@ -333,21 +348,33 @@ async def run_levels(
         plan: list[tuple[str, float]] = [("closed", c) for c in args.concurrency]
         plan += [("open", r) for r in args.rate]
         for step, (mode, value) in enumerate(plan):
-            for server in names[step % len(names) :] + names[: step % len(names)]:
-                served = servers[server]
-                before = await snapshot(client, served)
-                if mode == "closed":
-                    count = max(args.requests, args.requests_per_worker * int(value))
-                    level = await closed_loop(
-                        client, served.url, bodies, int(value), count, args.level_seconds, args.format
-                    )
-                else:
-                    level = await open_loop(
-                        client, served.url, bodies, value, args.duration, args.max_inflight, args.format
-                    )
-                after = await snapshot(client, served)
+            concurrency, rate = (int(value), None) if mode == "closed" else (None, value)
+            levels = {name: Level(mode, concurrency, rate) for name in names}
+            pairs: dict[str, list[tuple[Snapshot, Snapshot]]] = {name: [] for name in names}
+            rounds = max(1, args.rounds) if mode == "closed" else 1
+            count = max(args.requests, args.requests_per_worker * int(value))
+            for turn in range(rounds):
+                shift = (step + turn) % len(names)
+                for server in names[shift:] + names[:shift]:
+                    served = servers[server]
+                    before = await snapshot(client, served)
+                    if mode == "closed":
+                        share = count // rounds + (turn < count % rounds)
+                        part = await closed_loop(
+                            client, served.url, bodies, int(value), share, args.level_seconds / rounds,
+                            args.format,
+                        )  # fmt: skip
+                    else:
+                        part = await open_loop(
+                            client, served.url, bodies, value, args.duration, args.max_inflight, args.format
+                        )
+                    pairs[server].append((before, await snapshot(client, served)))
+                    levels[server].samples += part.samples
+                    levels[server].seconds += part.seconds
+            for server in names:
+                level, (before, after) = levels[server], accumulated(pairs[server])
                 row = summarize(level, server, metrics_delta(before.metrics, after.metrics))
-                row |= {"kind": served.kind} | level_costs(before, after, row["ok"], level.seconds)
+                row |= {"kind": servers[server].kind} | level_costs(before, after, row["ok"], level.seconds)
                 rows.append(row)
                 for sample in level.samples:
                     if responses is not None and sample.body is not None:
@@ -537,7 +564,7 @@ def write_outputs(report: dict[str, Any], out_dir: Path, name: str, plot: bool) 
     """<name>.json, <name>.csv and (with ``plot``) <name>.png under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.json", out_dir / f"{name}.csv"]
-    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    paths[0].write_text(json.dumps(report, indent=2, default=str) + "\n")
     with paths[1].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
@@ -619,6 +646,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--requests-per-worker", type=int, default=4, help="and at least this many per worker"
     )
     parser.add_argument("--level-seconds", type=float, default=60.0, help="stop a level after this long")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="split each closed-loop level into this many rounds alternating the servers (a noisy machine)",
+    )  # fmt: skip
     parser.add_argument("--rate", nargs="*", type=float, default=[], help="open-loop rates (requests/s)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of each open-loop rate")
     parser.add_argument("--max-inflight", type=int, default=64, help="open loop: most outstanding requests")
@@ -648,7 +679,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.concurrency is None:
         args.concurrency = list(NAIVE_CONCURRENCY if args.compare_naive else CONCURRENCY)
     if args.quick:
-        args.concurrency = [c for c in args.concurrency if c <= 4] or [1]
+        args.concurrency = [1, 4]
         args.requests, args.requests_per_worker = 6, 1
         args.long_side, args.warmup, args.duration = 96, 2, 1.0
         args.rate = [] if args.compare_naive else [8.0]

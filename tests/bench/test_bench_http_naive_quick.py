@@ -45,7 +45,8 @@ def test_quick_naive_comparison(model_cache: Path, tiny_int8: Path, tiny_naive: 
     out = tmp_path / "results"
     code = http.main([
         "--quick", "--random-width", str(QUICK_SPEC.width), "--cache", str(model_cache), "--compare-naive",
-        "--server-env", "FCN_WARMUP=false", "--variant", f"int8:FCN_MODEL={tiny_int8}", "--out-dir", str(out),
+        "--server-env", "FCN_WARMUP=false", "--variant", f"int8:FCN_MODEL={tiny_int8}", "--rounds", "2",
+        "--out-dir", str(out),
     ])  # fmt: skip
     assert code == 0
     report = json.loads((out / "http-naive.json").read_text())

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench import baseline, overhead
 from bench.agreement import Responses, agreement, png_labels
-from bench.http import Snapshot, level_costs, parse_metrics, stage_delta
+from bench.http import Snapshot, accumulated, level_costs, parse_metrics, stage_delta
 from bench.procstat import CpuSample, cpu_sample
 from common.classes import flat_palette, voc_palette
 
@@ -56,6 +56,19 @@ def test_stage_means_and_cpu_split_per_request() -> None:
     )
     assert naive["stage_ms"] == {} and naive["codec_cpu_ms_per_request"] is None
     assert naive["other_cpu_ms_per_request"] == pytest.approx(90.0)
+
+
+def test_rounds_add_up_to_one_level() -> None:
+    before, after = parse_metrics(STAGES_BEFORE), parse_metrics(STAGES_AFTER)
+    first = (Snapshot(before, CpuSample(10.0, 2.0), 1.0), Snapshot(after, CpuSample(12.0, 2.5), 1.4))
+    second = (Snapshot(after, CpuSample(20.0, 3.0), 2.0), Snapshot(before, CpuSample(20.0, 3.0), 2.0))
+    start, end = accumulated([first, first])
+    whole, one = level_costs(start, end, ok=40, seconds=8.0), level_costs(*first, ok=20, seconds=4.0)
+    assert whole.pop("stage_ms") == pytest.approx(one.pop("stage_ms"))
+    assert whole == pytest.approx(one)
+    start, end = accumulated([first, second])  # a round with the opposite counts cancels the first
+    assert stage_delta(start.metrics, end.metrics) == {"decode": None, "infer": None, "encode": None}
+    assert end.cpu == CpuSample(2.0, 0.5) and end.client_cpu_s == pytest.approx(0.4)
 
 
 def test_process_cpu_counts_work() -> None:
