@@ -141,6 +141,14 @@ def naive_targets(rows: Sequence[dict[str, Any]], comparison: dict[str, Any]) ->
     return targets
 
 
+def stage_order(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The stages found in the rows in request order (``server.metrics.STAGES``), unknown ones last."""
+    from server.metrics import STAGES
+
+    found = dict.fromkeys(s for r in rows for s in r.get("stage_ms") or {})
+    return sorted(found, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES))
+
+
 def _num(value: float | None, width: int, digits: int = 1) -> str:
     return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}s}"
 
@@ -166,9 +174,9 @@ def ratio_table(comparison: dict[str, Any]) -> str:
 
 def stage_table(rows: Sequence[dict[str, Any]]) -> str:
     """Per level: the service's stage means (ms per request) and the CPU per request of every server."""
-    stages = list(dict.fromkeys(s for r in rows for s in r.get("stage_ms") or {}))
+    stages = stage_order(rows)
     header = f"{'server':18s} {'level':>5s} " + " ".join(f"{s[:7]:>7s}" for s in stages)
-    header += f" {'cpu/req':>8s} {'loop':>6s} {'codec':>6s} {'other':>6s} {'client':>7s}"
+    header += f" {'infer/img':>9s} {'cpu/req':>8s} {'loop':>6s} {'codec':>6s} {'other':>6s} {'client':>7s}"
     lines = [header, "-" * len(header)]
     for r in rows:
         if r["mode"] != "closed":
@@ -177,7 +185,8 @@ def stage_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"{r['server']:18s} {'c=' + str(r['concurrency']):>5s} "
             + " ".join(_num(stage.get(s), 7, 2) for s in stages)
-            + f" {_num(r.get('cpu_ms_per_request'), 8)} {_num(r.get('loop_cpu_ms_per_request'), 6)}"
+            + f" {_num(r.get('infer_ms_per_image'), 9)} {_num(r.get('cpu_ms_per_request'), 8)}"
+            f" {_num(r.get('loop_cpu_ms_per_request'), 6)}"
             f" {_num(r.get('codec_cpu_ms_per_request'), 6)} {_num(r.get('other_cpu_ms_per_request'), 6)}"
             f" {_num(r.get('client_cpu_ms_per_request'), 7)}"
         )

@@ -316,7 +316,7 @@ def level_costs(before: Snapshot, after: Snapshot, ok: int, seconds: float) -> d
 
 def accumulated(pairs: Sequence[tuple[Snapshot, Snapshot]]) -> tuple[Snapshot, Snapshot]:
     """Several (before, after) snapshot pairs of one server as one pair whose difference is their sum."""
-    keys = {key for _, after in pairs for key in after.metrics}
+    keys = list(dict.fromkeys(key for _, after in pairs for key in after.metrics))
     metrics = {k: sum(a.metrics.get(k, 0.0) - b.metrics.get(k, 0.0) for b, a in pairs) for k in keys}
     client = sum(a.client_cpu_s - b.client_cpu_s for b, a in pairs)
     cpu = None

@@ -86,7 +86,8 @@ def create_app(segmenter: NaiveSegmenter) -> FastAPI:
             form = await request.form()
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
-                return Response('{"detail": "send the image in the multipart field image"}', 400)
+                detail = '{"detail": "send the image in the multipart field image"}'
+                return Response(detail, 400, media_type="application/json")
             data = await upload.read()
         else:
             data = await request.body()

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.baseline import stage_order
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BEGIN_MARK = "<!-- generated: bench.report -->"
 END_MARK = "<!-- end generated -->"
@@ -149,11 +151,12 @@ def http_naive_table(report: dict[str, Any]) -> str:
             ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0",
         ])  # fmt: skip
     levels = _table(header, rows)
-    stages = list(dict.fromkeys(s for r in report["results"] for s in r.get("stage_ms") or {}))
+    stages = stage_order(report["results"])
     header = [
         "server",
         "level",
         *stages,
+        "infer / image",
         "CPU / request",
         "event loop",
         "codec stages",
@@ -167,7 +170,8 @@ def http_naive_table(report: dict[str, Any]) -> str:
         stage = r.get("stage_ms") or {}
         rows.append([
             r["server"], f"c={r['concurrency']}", *(_num(stage.get(s), 2) for s in stages),
-            _num(r.get("cpu_ms_per_request")), _num(r.get("loop_cpu_ms_per_request")),
+            _num(r.get("infer_ms_per_image")), _num(r.get("cpu_ms_per_request")),
+            _num(r.get("loop_cpu_ms_per_request")),
             _num(r.get("codec_cpu_ms_per_request")), _num(r.get("other_cpu_ms_per_request")),
             _num(r.get("client_cpu_ms_per_request")),
         ])  # fmt: skip
@@ -375,8 +379,9 @@ def _http_naive_context(report: dict[str, Any]) -> list[str]:
         f"Labels vs ONNX Runtime FP32 (the service's pipeline in process): {agreement}.",
         "",
         "Per request: the stages are the service's `fcn_stage_seconds` means (thread CPU for decode, resize, "
-        "pad, crop, encode; wall time for receive, queue, infer — infer is the whole batch's time); the CPU "
-        "columns are the server process's CPU from `/proc` over the level ÷ responses: event loop = its main "
+        "pad, crop, encode; wall time for receive, queue, infer — infer is the whole batch's time; "
+        "infer / image = batch times ÷ images); the CPU columns are the server process's CPU from `/proc` "
+        "over the level ÷ responses: event loop = its main "
         "thread (HTTP, upload, routing, log line, metrics), codec stages = the sum of the CPU stages, rest = "
         "total − event loop − codec (inference and thread pools, spin-waits included); load generator = "
         "this benchmark's own CPU on the same cores.",
