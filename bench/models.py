@@ -7,8 +7,10 @@ large (~540 MB FP32 at width 1.0), so they live in a cache folder outside the re
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +106,9 @@ def int8_onnx(spec: ModelSpec, cache: Path = DEFAULT_CACHE, rebuild: bool = Fals
 
 def plain_onnx(spec: ModelSpec, cache: Path = DEFAULT_CACHE, rebuild: bool = False) -> Path:
     """The network alone (float NCHW normalised input → float scores; no pre/post-processing), exported as
-    ``export.onnx`` does otherwise (same export-friendly layers, pool padding folded, dynamic N/H/W): the
-    baseline that shows what the in-graph normalisation and argmax cost."""
+    ``export.onnx`` does otherwise (same export-friendly layers, i.e. grouped upsamplers, pool padding
+    folded, dynamic N/H/W): the baseline that shows what the in-graph normalisation and argmax cost. Not the
+    naive baseline of ``bench.http`` (that is :func:`export_naive`, dense upsampling)."""
     import onnx
 
     from export.graph import export_friendly
@@ -135,3 +138,69 @@ def plain_onnx(spec: ModelSpec, cache: Path = DEFAULT_CACHE, rebuild: bool = Fal
     fold_pool_padding(model)
     onnx.save(model, str(path))
     return path
+
+
+def export_naive(model: FCNBase, metadata: ModelMetadata, path: Path) -> Path:
+    """The network exported as a user would by hand: ``torch.onnx.export`` of the module itself (float NCHW
+    ``input`` → float ``scores``, dynamic N/H/W), so the upsamplers stay dense ``ConvTranspose`` (no
+    :func:`export.graph.export_friendly`, no graph passes). The metadata JSON is stored in the file's
+    ``metadata_props`` so the naive server reads its normalisation and palette from it.
+
+    Checked against PyTorch at one small shape: a broken export fails here, not in the benchmark."""
+    import numpy as np
+    import onnx
+
+    from common.contract import PROP_METADATA
+    from common.onnxrt import create_session
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(
+        logging.ERROR
+    )  # "no torchvision"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*dynamic_axes.*", category=UserWarning)  # it works here
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, 64, 96),),
+            str(path),
+            input_names=["input"],
+            output_names=["scores"],
+            dynamic_axes={"input": axes, "scores": axes},
+            verbose=False,
+        )
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = PROP_METADATA, metadata.to_json()
+    onnx.save(proto, str(path))
+    probe = torch.rand(1, 3, 45, 77, generator=torch.manual_seed(0))
+    with torch.no_grad():
+        expected = model(probe).numpy()
+    got = create_session(path).run(None, {"input": probe.numpy()})[0]
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-3):
+        raise RuntimeError(f"the naive export {path} does not reproduce the PyTorch scores")
+    return path
+
+
+def naive_onnx(spec: ModelSpec, cache: Path = DEFAULT_CACHE, rebuild: bool = False) -> Path:
+    """:func:`export_naive` of the seeded random model (cached)."""
+    path = Path(cache) / f"{spec.key}-naive.onnx"
+    if path.exists() and not rebuild:
+        return path
+    _log(f"exporting {path} (plain torch.onnx.export, dense upsampling; cached for later runs)")
+    return export_naive(random_model(spec), spec.metadata(), path)
+
+
+def naive_onnx_of_checkpoint(checkpoint: Path, cache: Path = DEFAULT_CACHE, rebuild: bool = False) -> Path:
+    """:func:`export_naive` of a trained checkpoint (cached under the checkpoint's SHA-256)."""
+    from common.digest import file_sha256
+    from training.weights import load_checkpoint
+
+    path = Path(cache) / f"{Path(checkpoint).stem}-{file_sha256(checkpoint)[:12]}-naive.onnx"
+    if path.exists() and not rebuild:
+        return path
+    _log(f"exporting {path} (plain torch.onnx.export, dense upsampling; cached for later runs)")
+    model, metadata = load_checkpoint(checkpoint)
+    return export_naive(model, metadata, path)

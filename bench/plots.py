@@ -93,3 +93,51 @@ def plot_http(report: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_http_naive(report: dict[str, Any], path: Path) -> Path:
+    """The service against the naive baseline: throughput and p50 vs concurrency per server (with the best
+    raw throughput), and the CPU per request at the highest level split into event loop, codec stages and
+    the rest."""
+    rows = [r for r in report["results"] if r["mode"] == "closed"]
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    levels = sorted({r["concurrency"] for r in rows})
+    fig, (throughput, p50, cpu) = plt.subplots(1, 3, figsize=(16, 4.8))
+    for server in servers:
+        mine = sorted((r for r in rows if r["server"] == server), key=lambda r: r["concurrency"])
+        style = "--" if mine[0].get("kind") == "naive" else "-"
+        x = [r["concurrency"] for r in mine]
+        throughput.plot(x, [r["throughput_rps"] for r in mine], style, marker="o", label=server)
+        p50.plot(x, [r["p50_ms"] for r in mine], style, marker="o", label=server)
+    raw = report["raw_forward"]
+    throughput.axhline(
+        raw["best_raw_images_per_s"], color="k", linestyle=":", label=f"best raw ({raw['best_method']})"
+    )
+    for axis in (throughput, p50):
+        _integer_x(axis, levels)
+        axis.set_xlabel("concurrent clients (closed loop)")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    throughput.set_ylabel("throughput (responses/s)")
+    p50.set_ylabel("p50 latency (ms)")
+    top = [next(r for r in rows if r["server"] == s and r["concurrency"] == levels[-1]) for s in servers]
+    parts = (
+        ("loop_cpu_ms_per_request", "event loop (HTTP, upload, log, metrics)"),
+        ("codec_cpu_ms_per_request", "codec stages (decode..encode)"),
+        ("other_cpu_ms_per_request", "rest (inference, pools)"),
+    )
+    bottom = [0.0] * len(top)
+    for key, label in parts:
+        heights = [r.get(key) or 0.0 for r in top]
+        cpu.bar(servers, heights, bottom=bottom, label=label)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    cpu.set_ylabel(f"server CPU ms per request at c={levels[-1]}")
+    cpu.tick_params(axis="x", labelrotation=20, labelsize=8)
+    cpu.legend(fontsize=8)
+    fig.suptitle(
+        f"POST /segment vs the naive baseline, {Path(report['model']).name} — {_title(report)}", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

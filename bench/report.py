@@ -19,10 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.baseline import stage_order
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BEGIN_MARK = "<!-- generated: bench.report -->"
 END_MARK = "<!-- end generated -->"
-KIND_ORDER = ("forward", "http", "int8-accuracy", "soak")
+KIND_ORDER = ("forward", "http", "http-naive", "int8-accuracy", "soak")
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -126,6 +128,69 @@ def http_table(report: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def http_naive_table(report: dict[str, Any]) -> str:
+    """The service against the naive baseline: the levels with their ratios, then the per-request split."""
+    servers = report["comparison"]["servers"]
+    header = ["server", "level", "ok/sent", "req/s", "p50 ms", "p99 ms", "mean batch", "÷ naive-plain"]
+    header += ["÷ naive-graph", "÷ best raw", "p50 ÷ naive-plain", "errors"]
+    rows = []
+    for r in report["results"]:
+        if r["mode"] != "closed":
+            continue
+        ratios, level = servers[r["server"]], str(r["concurrency"])
+        rows.append([
+            r["server"], f"c={level}", f"{r['ok']}/{r['requests']}", _num(r["throughput_rps"], 2),
+            _num(r["p50_ms"], 0), _num(r["p99_ms"], 0), _num(r["mean_batch_size"], 2),
+            _ratio(ratios["throughput_vs_naive"].get(level)),
+            _ratio(ratios["throughput_vs_naive_graph"].get(level)),
+            _ratio(ratios["throughput_vs_best_raw"].get(level)), _ratio(ratios["p50_vs_naive"].get(level)),
+            ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0",
+        ])  # fmt: skip
+    levels = _table(header, rows)
+    stages = stage_order(report["results"])
+    header = [
+        "server",
+        "level",
+        *stages,
+        "infer / image",
+        "CPU / request",
+        "event loop",
+        "codec stages",
+        "rest",
+        "load generator",
+    ]
+    rows = []
+    for r in report["results"]:
+        if r["mode"] != "closed":
+            continue
+        stage = r.get("stage_ms") or {}
+        rows.append([
+            r["server"], f"c={r['concurrency']}", *(_num(stage.get(s), 2) for s in stages),
+            _num(r.get("infer_ms_per_image")), _num(r.get("cpu_ms_per_request")),
+            _num(r.get("loop_cpu_ms_per_request")),
+            _num(r.get("codec_cpu_ms_per_request")), _num(r.get("other_cpu_ms_per_request")),
+            _num(r.get("client_cpu_ms_per_request")),
+        ])  # fmt: skip
+    split = _table(header, rows)
+    png = _table(
+        ["PNG compress_level", "CPU ms per label map", "bytes", "the service's"],
+        [
+            [
+                row["level"],
+                _num(row["cpu_ms"], 2),
+                _num(row["bytes"], 0),
+                "yes" if row["service_default"] else "",
+            ]
+            for row in report["overhead"]["png_levels"]
+        ],
+    )
+    return "\n\n".join([levels, "Per request (ms):", split, png])
+
+
 def int8_table(report: dict[str, Any]) -> str:
     """The INT8 accuracy table."""
     header = [
@@ -188,13 +253,17 @@ def targets_list(report: dict[str, Any]) -> str:
         name = t.get("target", "INT8 label agreement vs FP32 (best variant)")
         best = t.get("best_keep_fp32")
         kept = f", keeping {' '.join(best)} in FP32" if best else ""
-        lines.append(f"- {name}: {_value(t.get('value'))}{kept} (goal {t['goal']}) — **{t['status']}**")
+        server = f" (`{t['server']}`)" if t.get("server") else ""
+        lines.append(
+            f"- {name}{server}: {_value(t.get('value'))}{kept} (goal {t['goal']}) — **{t['status']}**"
+        )
     return "\n".join(lines)
 
 
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
     "forward": forward_table,
     "http": http_table,
+    "http-naive": http_naive_table,
     "int8-accuracy": int8_table,
     "soak": soak_table,
 }
@@ -279,6 +348,49 @@ def _http_context(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _http_naive_context(report: dict[str, Any]) -> list[str]:
+    s, raw, cost = report["settings"], report["raw_forward"], report["overhead"]
+    described = report.get("servers", {})
+    services = "; ".join(
+        f"`{name}`: {d.get('backend')} ({d.get('provider')}, {d.get('precision')}), "
+        + (" ".join(f"`{k}={v}`" for k, v in sorted(d["env"].items()) if k != "FCN_MODEL") or "defaults")
+        for name, d in described.items()
+        if d.get("kind") == "service"
+    )
+    shapes = ", ".join(sorted({f"{h}×{w}" for h, w in raw["shapes"]}))
+    methods = ", ".join(f"{name} {_num(rate, 2)}" for name, rate in raw["methods_images_per_s"].items())
+    agreement = "; ".join(
+        f"`{name}` {100 * a['agreement']:.3f}% of pixels "
+        f"({100 * a['identical_share']:.0f}% of responses identical)"
+        for name, a in report["agreement"].items()
+        if a.get("agreement") is not None
+    )
+    return [
+        f"Model `{report['model']}` ({report['weights']}); {s['format'].upper()} responses; photographs "
+        f"resized to a {s['long_side']} px long side; levels alternate between the servers. "
+        f"Services: {services}. "
+        f"`naive-plain` = `python -m bench.naive` on `{Path(report['naive_onnx']).name}` (plain "
+        "`torch.onnx.export`, dense upsampling, numpy normalisation and argmax, one ONNX Runtime session); "
+        "`naive-graph` = the same naive server on the service's graph.",
+        "",
+        f"Best raw throughput on the served shapes ({shapes}): **{_num(raw['best_raw_images_per_s'], 2)} "
+        f"images/s** ({raw['best_method']}); images/s by method: {methods}.",
+        "",
+        f"Labels vs ONNX Runtime FP32 (the service's pipeline in process): {agreement}.",
+        "",
+        "Per request: the stages are the service's `fcn_stage_seconds` means (thread CPU for decode, resize, "
+        "pad, crop, encode; wall time for receive, queue, infer — infer is the whole batch's time; "
+        "infer / image = batch times ÷ images); the CPU columns are the server process's CPU from `/proc` "
+        "over the level ÷ responses: event loop = its main "
+        "thread (HTTP, upload, routing, log line, metrics), codec stages = the sum of the CPU stages, rest = "
+        "total − event loop − codec (inference and thread pools, spin-waits included); load generator = "
+        "this benchmark's own CPU on the same cores.",
+        "",
+        f"PNG encoding of the served label maps: {cost['png_recommendation']}; one JSON log line costs "
+        f"{cost['log_line_us']:.1f} µs of CPU.",
+    ]
+
+
 def _int8_context(report: dict[str, Any]) -> list[str]:
     cal, held = report["calibration"], report["held_out"]
     reduce_range = "yes" if report.get("reduce_range") else "no"
@@ -303,12 +415,14 @@ def _soak_context(report: dict[str, Any]) -> list[str]:
 CONTEXT: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "forward": _forward_context,
     "http": _http_context,
+    "http-naive": _http_naive_context,
     "int8-accuracy": _int8_context,
     "soak": _soak_context,
 }
 TITLES = {
     "forward": "Forward pass",
     "http": "The service under load",
+    "http-naive": "The service vs the naive baseline",
     "int8-accuracy": "CPU INT8 accuracy",
     "soak": "Soak",
 }

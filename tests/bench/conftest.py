@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.forward import QUICK_WIDTH
-from bench.models import ModelSpec, fp32_onnx, int8_onnx
+from bench.models import ModelSpec, fp32_onnx, int8_onnx, naive_onnx
 
 QUICK_SPEC = ModelSpec(width=QUICK_WIDTH)
 """The network ``--quick`` benchmarks (bench.forward's quick width)."""
@@ -29,3 +29,9 @@ def tiny_fp32(model_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_int8(model_cache: Path) -> Path:
     return int8_onnx(QUICK_SPEC, model_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_naive(model_cache: Path) -> Path:
+    """The quick model exported plainly (dense upsampling, float in, scores out), in the same cache."""
+    return naive_onnx(QUICK_SPEC, model_cache)

@@ -46,7 +46,7 @@ def test_machine_description_and_slug() -> None:
 def test_metrics_parsing_and_level_means() -> None:
     after = parse_metrics(METRICS_TEXT)
     assert after["fcn_queue_seconds_count"] == 10.0
-    assert "fcn_requests_total" not in after  # labelled samples are skipped
+    assert after['fcn_requests_total{status="200"}'] == 10.0  # labelled series keep their labels
     before = {"fcn_queue_seconds_sum": 0.1, "fcn_queue_seconds_count": 2.0}
     delta = metrics_delta(before, after)
     assert delta["metrics_queue_ms"] == pytest.approx(400 / 8)
