@@ -60,6 +60,29 @@ def median_ms(session: ort.InferenceSession, image: np.ndarray, runs: int) -> fl
     return 1000 * float(np.median(times))
 
 
+def openvino_ms(path: Path, image: np.ndarray, runs: int, threads: int) -> float | None:
+    """Median forward time of the same file on OpenVINO (one instance, ``threads`` threads; None without
+    the openvino package)."""
+    from server.backends.base import BackendError
+    from server.backends.openvino import OpenVinoBackend, available
+
+    if not available():
+        return None
+    try:
+        backend = OpenVinoBackend(path, instances=1, threads=threads)
+    except BackendError:
+        return None
+    batch = image[None]
+    backend.run(batch)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        backend.run(batch)
+        times.append(time.perf_counter() - start)
+    backend.close()
+    return 1000 * float(np.median(times))
+
+
 def compare(
     fp32: list[np.ndarray], int8: list[np.ndarray], truth: list[np.ndarray], num_classes: int
 ) -> dict[str, float]:
@@ -89,6 +112,7 @@ def evaluate(
     num_classes = _classes(onnx_path)
     fp32_labels = predict(fp32_session, images)
     fp32_ms = median_ms(fp32_session, images[0], runs)
+    ov_fp32_ms = openvino_ms(onnx_path, images[0], runs, threads)
     calibration = synthetic_images(calib_count, calib_size)
     rows = []
     for index, keep in enumerate(variants):
@@ -101,12 +125,15 @@ def evaluate(
             **compare(fp32_labels, predict(session, images), truth, num_classes),
             "fp32_ms": fp32_ms,
             "int8_ms": median_ms(session, images[0], runs),
+            "openvino_fp32_ms": ov_fp32_ms,
+            "openvino_int8_ms": openvino_ms(out, images[0], runs, threads),
         }
         rows.append(row)
         print(
             f"[int8] keep {keep or 'nothing'} in FP32: agreement {100 * row['agreement']:.2f}%, mean IU "
             f"{100 * row['fp32_mean_iu']:.2f} -> {100 * row['int8_mean_iu']:.2f}, "
-            f"{row['fp32_ms']:.0f} -> {row['int8_ms']:.0f} ms",
+            f"ONNX Runtime {row['fp32_ms']:.0f} -> {row['int8_ms']:.0f} ms, OpenVINO "
+            f"{row['openvino_fp32_ms'] or 0:.0f} -> {row['openvino_int8_ms'] or 0:.0f} ms",
             file=sys.stderr,
             flush=True,
         )
