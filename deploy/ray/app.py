@@ -130,8 +130,7 @@ class ProxyOwnsRequestId:
         await self.app(scope, receive, send_without_id if scope["type"] == "http" else send)
 
 
-@serve.ingress()
-class Segmentation:
+class ReplicaApp:
     """One replica: the service's FastAPI app, built and started inside the replica's process."""
 
     def __init__(self, settings: Settings, loader: str) -> None:
@@ -156,6 +155,10 @@ class Segmentation:
         reason = service.not_ready_reason()
         if reason is not None:
             raise RuntimeError(reason)
+
+
+Segmentation = serve.ingress()(ReplicaApp)
+"""The deployment class: Ray Serve routes HTTP to the app ``__serve_build_asgi_app__`` returns."""
 
 
 def deployment_options(options: RayOptions, settings: Settings) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """A real Ray cluster on 127.0.0.1 for the tests, and Ray Serve deployed on it with the ``serve`` CLI.
 
-Each node is a separate ``ray start --block`` process in its own process group, with free ports and its
-own short temporary folder (Unix socket paths must stay under 108 bytes). Stopping a node signals that
+Each node is a separate ``ray start --block`` process in its own process group, with its own loopback
+address (127.0.0.2 for the head, .3, .4 for workers: Ray swaps 127.0.0.1 itself for the machine's network
+address, so the first loopback address is the one it cannot use), free ports and its own short temporary
+folder (Unix socket paths must stay under 108 bytes). Stopping a node signals that
 process group and then kills, by PID, whatever of its descendants is left. Nothing else is touched: never
 ``ray stop``, which kills every Ray process of the machine.
 """
@@ -31,6 +33,8 @@ from tests.serverproc import REPO_ROOT, free_port
 BIN = Path(sys.executable).parent
 SERVE_CONFIG = REPO_ROOT / "deploy" / "ray" / "serve.yaml"
 NODE_START_TIMEOUT_S = 120.0
+NODE_RESOURCE = "fcn_node_"
+"""Each node carries one unit of the custom resource ``fcn_node_<name>``: how tests tell nodes apart."""
 
 CLUSTER_ENV = {
     "PYTHONPATH": str(REPO_ROOT),
@@ -61,6 +65,11 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, poll: float = 
                 return last
         time.sleep(poll)
     raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
+def node_ip(index: int) -> str:
+    """The loopback address of the cluster's ``index``-th node (the head is 0)."""
+    return f"127.0.0.{2 + index}"
 
 
 def descendants(root: int) -> set[int]:
@@ -132,7 +141,7 @@ class LocalRayCluster:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.gcs_port}"
+        return f"{node_ip(0)}:{self.gcs_port}"
 
     @property
     def dashboard(self) -> str:
@@ -143,8 +152,10 @@ class LocalRayCluster:
         log_path = self.logs / f"ray-{name}.log"
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("FCN_", "RAY_"))}, **CLUSTER_ENV}
         cmd = [
-            str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
-            f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", *args,
+            str(BIN / "ray"), "start", "--block", f"--node-ip-address={node_ip(len(self.nodes))}",
+            f"--temp-dir={temp_dir}",
+            f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats",
+            f"--resources={json.dumps({NODE_RESOURCE + name: 1})}", *args,
         ]  # fmt: skip
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -181,6 +192,15 @@ class LocalRayCluster:
         response = httpx.get(f"{self.dashboard}/api/v0/nodes", params={"limit": 100}, timeout=10)
         response.raise_for_status()
         return [n for n in response.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
+
+    def node_ids(self) -> dict[str, str]:
+        """Ray's node id of each alive node, by the name this cluster gave it (head, worker1, ...)."""
+        ids = {}
+        for node in self.alive_nodes():
+            for resource in node["resources_total"]:
+                if resource.startswith(NODE_RESOURCE):
+                    ids[resource.removeprefix(NODE_RESOURCE)] = node["node_id"]
+        return ids
 
     def wait_nodes(self, count: int, timeout: float = NODE_START_TIMEOUT_S) -> None:
         def ready() -> bool:
