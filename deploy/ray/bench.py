@@ -6,8 +6,11 @@
 1. Overhead: ``python -m server`` and the Ray Serve application (one replica), same model and settings
    (1 instance x 1 thread, the project's batcher), closed loop at c=1 and c=16, levels alternating between
    the two so a busy phase of a shared machine hits both alike.
-2. Batching inside a replica: the application (the project's batcher) against a minimal deployment that
-   batches with Ray Serve's ``@serve.batch`` over the same backend, decode and encode, at c=16.
+2. Batching inside a replica, at c=16 with raw image bodies, in alternating rounds: the application with
+   the project's batcher (batches of up to 4), the same application without batching (batches of 1), and
+   a minimal deployment that batches with Ray Serve's ``@serve.batch`` over the same backend, decode and
+   encode (none of the app's middleware, metrics, limits or deadlines: a lower bound on its cost), and
+   that same bare deployment without batching (what of its lead is batching, what is the bare path).
 
 Loopback only; every level is bounded in requests and seconds. Local Ray without a dashboard, stopped at
 the end.
@@ -57,8 +60,8 @@ class ServeBatched:
     """The same decode, forward and encode as ``POST /segment`` (raw image body, PNG out), batched by Ray
     Serve's ``@serve.batch`` instead of the project's batcher (nothing else of the app: a lower bound)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, batch: bool = True) -> None:
+        self.settings, self.batch = settings, batch
         self.backend = load_backend(settings)
         meta = self.backend.metadata
         self.geometry = ServingGeometry(meta.geometry, settings.max_side, settings.bucket)
@@ -78,7 +81,10 @@ class ServeBatched:
     async def __call__(self, request: Request) -> Response:
         data = await request.body()
         prepared = await asyncio.to_thread(prepare, data, self.geometry, self.pad, self.settings.max_pixels)
-        labels = await self.forward(prepared.padded)
+        if self.batch:
+            labels = await self.forward(prepared.padded)
+        else:
+            labels = (await asyncio.to_thread(self.backend.run, prepared.padded[None]))[0]
         done = await asyncio.to_thread(finish, labels, prepared, "png", self.backend.metadata)
         return Response(done.body, media_type=MEDIA_TYPES["png"])
 
@@ -109,8 +115,9 @@ def _raw_post(post):
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| server | c | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     for r in rows:
+        name = r["server"] + (f" (round {r['round']})" if "round" in r else "")
         lines.append(
-            f"| {r['server']} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.0f} | "
+            f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.0f} | "
             f"{r['p99_ms']:.0f} | {sum(r['errors'].values())} |"
         )
     return "\n".join(lines)
@@ -134,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.ray.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=160, help="requests per c=16 level (c=1: a quarter)")
     parser.add_argument("--long-side", type=int, default=256, help="photographs resized to this long side")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the batching comparison")
     parser.add_argument("--out", type=Path, help="write the rows and ratios as JSON here")
     args = parser.parse_args(argv)
     bodies = encoded_photographs(args.long_side)
@@ -153,25 +161,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(asyncio.run(level(plain_url, bodies, c, n, "plain", raw=False)))
                 rows.append(asyncio.run(level(ray_url, bodies, c, n, "ray-serve", raw=False)))
         serve.run(ServeBatched.bind(Settings(**SETTINGS)), name="batched", route_prefix="/batched")
-        for name, url, raw in (("ray-serve", ray_url, False), ("serve.batch", f"{ray_url}/batched", True)):
-            row = asyncio.run(level(url, bodies, 16, args.requests, name, raw=raw))
-            rows.append({**row, "part": "batching"})
+        serve.run(ServeBatched.bind(Settings(**SETTINGS), False), name="bare", route_prefix="/bare")
+        unbatched = {**options, "settings": {**SETTINGS, "max_batch_size": 1}}
+        serve.run(build(unbatched), name="unbatched", route_prefix="/unbatched")
+        variants = {
+            "project batcher": ray_url,
+            "no batching": f"{ray_url}/unbatched",
+            "serve.batch": f"{ray_url}/batched",
+            "bare, no batching": f"{ray_url}/bare",
+        }
+        for round_ in range(args.rounds):
+            for name, url in variants.items():
+                row = asyncio.run(level(url, bodies, 16, args.requests, name, raw=True))
+                rows.append({**row, "part": "batching", "round": round_ + 1})
     finally:
         serve.shutdown()
         ray.shutdown()
     overhead = [r for r in rows if "part" not in r]
     batching = [r for r in rows if "part" in r]
+    medians = {
+        name: float(np.median([r["throughput_rps"] for r in batching if r["server"] == name]))
+        for name in dict.fromkeys(r["server"] for r in batching)
+    }
     report = {
         "settings": SETTINGS,
         "long_side": args.long_side,
         "rows": rows,
         "ray_vs_plain": ratios(overhead, "plain", "ray-serve"),
-        "serve_batch_vs_project_batcher": ratios(batching, "ray-serve", "serve.batch"),
+        "batching_median_rps": medians,
     }
     print("Overhead (same model, same settings, one run):\n" + table(overhead))
     print("ratios Ray Serve / plain:", json.dumps(report["ray_vs_plain"]))
-    print("\nBatching inside one replica, c=16:\n" + table(batching))
-    print("ratios @serve.batch / project batcher:", json.dumps(report["serve_batch_vs_project_batcher"]))
+    print(f"\nBatching inside one replica, c=16, {args.rounds} alternating rounds:\n" + table(batching))
+    base = medians["project batcher"]
+    print("median req/s:", ", ".join(f"{k} {v:.1f} ({v / base:.2f}x)" for k, v in medians.items()))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1, default=str))
     return 0
