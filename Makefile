@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 
 .PHONY: serve test lint typecheck pytest soak system-deps install-server install-dev clean
+.PHONY: install-ray serve-ray test-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +19,19 @@ $(VENV)/.dev-installed: requirements/server.txt requirements/train.txt requireme
 	$(BIN)/pip install --quiet --no-deps -r requirements/typing-nodeps.txt
 	touch $(VENV)/.server-installed $@
 
+$(VENV)/.ray-installed: requirements/ray.txt requirements/server.txt requirements/constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/ray.txt -c requirements/constraints.txt
+	touch $@
+
 install-server: $(VENV)/.server-installed  ## server run-time dependencies only (no torch)
 install-dev: $(VENV)/.dev-installed        ## everything: training, export, tests, linters
+install-ray: $(VENV)/.ray-installed        ## Ray Serve (deploy/ray, tests/ray); python -m server never needs it
 
 serve: install-server  ## start the service on the shipped demo model, port $(PORT)
 	$(BIN)/python -m server --port $(PORT)
+
+serve-ray: install-ray  ## the service on Ray Serve on this machine (a one-node Ray cluster), port $(PORT)
+	FCN_PORT=$(PORT) $(BIN)/python -m deploy.ray
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -34,8 +43,11 @@ typecheck: install-dev
 system-deps:  ## Debian packages the browser tests drive (the Docker test installs its own engine)
 	bash scripts/install-chromium.sh
 
-pytest: install-dev system-deps
-	$(BIN)/python -m pytest
+pytest: install-dev install-ray system-deps
+	$(BIN)/python -m pytest -m "not cluster"
+
+test-cluster: install-dev install-ray  ## the multi-node Ray cluster tests (minutes; .ci/run runs them)
+	$(BIN)/python -m pytest -m cluster tests/ray
 
 soak: install-dev  ## minutes of sustained load against a real server; figures go to bench/results/
 	$(BIN)/python -m bench.soak

@@ -112,6 +112,7 @@ def serve(settings: Settings, backend_loader: BackendLoader = load_backend) -> i
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        loop="asyncio",  # server/protocol.py is written against asyncio transports (uvloop may be present)
         http=http_protocol(settings, service.metrics),  # idle, send and connection limits; JSON errors
         server_header=False,
     )

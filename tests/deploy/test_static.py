@@ -178,3 +178,68 @@ def test_k8s_gpu_probes_and_hpa_metric():
     assert metric in exported
     unknown = set(kinds["ConfigMap"]["data"]) - SETTING_VARS
     assert not unknown, unknown
+
+
+RAYSERVICE = K8S_DIR / "ray" / "rayservice.yaml"
+SERVE_CONFIG = REPO_ROOT / "deploy" / "ray" / "serve.yaml"
+
+
+def rayservice() -> dict:
+    return yaml.safe_load(RAYSERVICE.read_text())
+
+
+def test_rayservice_matches_the_kuberay_v1_structure():
+    """A structural check (tests/deploy/rayservice-v1.schema.json, from KubeRay's v1 types; the operator's
+    CRD is not vendored): known keys only, right types, rayStartParams all strings."""
+    import jsonschema
+
+    schema = json.loads((REPO_ROOT / "tests" / "deploy" / "rayservice-v1.schema.json").read_text())
+    jsonschema.validate(rayservice(), schema)
+    broken = rayservice()
+    broken["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplica"] = 4  # a typo must fail
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_rayservice_pod_templates_validate_against_kubernetes_schemas(tmp_path):
+    """Head and worker pod templates, as core/v1 PodTemplates, pass kubernetes-validate --strict."""
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    groups = {"head": cluster["headGroupSpec"]} | {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    files = []
+    for name, group in groups.items():
+        doc = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}}
+        doc["template"] = group["template"]
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text(yaml.safe_dump(doc))
+    result = run([tool("kubernetes-validate"), "--strict", "--quiet", *map(str, files)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rayservice_serves_the_shipped_serve_config():
+    """serveConfigV2 is deploy/ray/serve.yaml's applications, and both pass Ray Serve's own config schema
+    (the one `serve deploy` checks); the Ray version is the one requirements/ray.txt pins."""
+    from ray.serve.schema import ServeDeploySchema
+
+    spec = rayservice()["spec"]
+    embedded = yaml.safe_load(spec["serveConfigV2"])
+    shipped = yaml.safe_load(SERVE_CONFIG.read_text())
+    assert embedded["applications"] == shipped["applications"]
+    ServeDeploySchema.model_validate(embedded)
+    ServeDeploySchema.model_validate(shipped)
+    pin = re.search(r"^ray\[serve\]==(\S+)", (REPO_ROOT / "requirements" / "ray.txt").read_text(), re.M)
+    assert pin and spec["rayClusterConfig"]["rayVersion"] == pin.group(1)
+
+
+def test_rayservice_pods_import_the_application_and_mount_the_models():
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    pvc = yaml.safe_load((K8S_DIR / "pvc.yaml").read_text())["metadata"]["name"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no model replica on the head
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["PYTHONPATH"] == "/app" and env["FCN_MODEL"].startswith("/models/")
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {"/models"}
+        assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
+        assert 8000 in {p["containerPort"] for p in container["ports"]}

@@ -1,0 +1,1 @@
+"""The service as a Ray Serve application (:mod:`deploy.ray.app`); ``python -m deploy.ray`` runs it here."""
