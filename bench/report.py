@@ -199,8 +199,10 @@ def int8_table(report: dict[str, Any]) -> str:
         "label agreement",
         "FP32 mean IU",
         "INT8 mean IU",
-        "FP32 ms",
-        "INT8 ms",
+        "ORT FP32 ms",
+        "ORT INT8 ms",
+        "OpenVINO FP32 ms",
+        "OpenVINO INT8 ms",
     ]
     rows = [
         [
@@ -211,6 +213,8 @@ def int8_table(report: dict[str, Any]) -> str:
             f"{100 * r['int8_mean_iu']:.2f}",
             _num(r["fp32_ms"]),
             _num(r["int8_ms"]),
+            _num(r.get("openvino_fp32_ms")),
+            _num(r.get("openvino_int8_ms")),
         ]
         for r in report["results"]
     ]

@@ -8,6 +8,7 @@ of an image are the same either way. Errors are ``{"error": "..."}`` with the st
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -31,6 +32,8 @@ from server.upload import BodyLimits, ClientGone, UploadError, read_body
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "tensorrt": "tensorrt_plan"}
 SERVER_NAME = "fcn8s-serving"
+VERSION = re.compile(r"[1-9][0-9]{0,8}")
+"""A model version in a path or a load request: a positive decimal integer."""
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
@@ -91,7 +94,7 @@ async def ready(service: ServiceDep) -> Response:
 def _model(service: Service, name: str, version: str | None) -> ServedModel:
     if service.registry is None:
         raise ProtocolError(503, "models are loading")
-    if version is not None and not version.isdigit():
+    if version is not None and not VERSION.fullmatch(version):
         raise ProtocolError(400, f"model version must be a positive integer, got {version!r}")
     try:
         return service.registry.get(name, int(version) if version else None)
@@ -184,7 +187,7 @@ async def _infer(request: Request, service: Service, name: str, version: str | N
     _model(service, name, version)  # 404 before the body is read
     deadline = asyncio.get_running_loop().time() + settings.deadline_ms / 1000
     limits = BodyLimits(settings.max_body_bytes, settings.max_form_parts, settings.deadline_ms / 1000)
-    with service.registry.hold(name, int(version) if version else None) as model:
+    with service.registry.hold(name, int(version) if version else None) as model:  # checked by _model
         try:
             body = await read_body(request, limits)
             parsed = parse_request(body, request.headers.get(HEADER_LENGTH.lower()), settings.max_batch_size)
@@ -290,7 +293,7 @@ async def _requested_version(request: Request) -> int | None:
         raise ProtocolError(400, 'the load body must be JSON like {"parameters": {"version": 2}}') from None
     if version is None:
         return None
-    if isinstance(version, str) and version.isdigit():
+    if isinstance(version, str) and VERSION.fullmatch(version):
         version = int(version)
     if not isinstance(version, int) or version < 1:
         raise ProtocolError(400, f"parameters.version must be a positive integer, got {version!r}")

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from bench.http import load_limits
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -56,7 +58,7 @@ class Load:
 
     async def _run(self) -> None:
         end = time.monotonic() + self.max_seconds
-        limits = httpx.Limits(max_connections=self.concurrency)
+        limits = await asyncio.to_thread(load_limits, [self.url.rsplit("/", 1)[0]], self.concurrency)
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
             async def one_client() -> None:

@@ -149,7 +149,10 @@ def test_until_ready_raises_on_a_fatal_service():
     from deploy.ray.app import until_ready
     from server.lifecycle import Service
     from server.metrics import Metrics
+    from server.upload import BodyBudget
 
-    service = Service(settings=Settings(**FAKE), metrics=Metrics(), fatal="warm-up failed: x")
+    service = Service(
+        settings=Settings(**FAKE), metrics=Metrics(), bodies=BodyBudget(1 << 20), fatal="warm-up failed: x"
+    )
     with pytest.raises(RuntimeError, match="warm-up failed"):
         asyncio.run(until_ready(service))
