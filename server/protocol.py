@@ -14,8 +14,9 @@
   arriving, or unparsed bytes received), it half-closes its side once the answer is written (a FIN: the
   client sees the end of the answer), then reads and discards what the client still sends until the client
   closes, :data:`LINGER_S` passes or more than :data:`LINGER_BYTES` have been discarded, and only then
-  closes. Closing a socket with unread received bytes makes the kernel send a reset, which a client still
-  sending sees before the answer. A lingering connection counts toward ``max_connections`` until closed.
+  closes. (Closing a socket with received bytes unread makes the kernel send a reset instead of a FIN: the
+  client's next send fails, and a client that stops there, as httpx's asyncio transport does, never reads
+  the answer it was sent.) A lingering connection counts toward ``max_connections`` until it closes.
 - **The HTTP layer's own errors are JSON** ``{"detail": ...}`` with h11's status: 400 (malformed request
   line, header or chunk, bad Content-Length), 431 (a head over twice ``max_header_bytes``; smaller ones get
   the app's 431), 501 (a transfer coding other than chunked). A request with both Content-Length and
@@ -276,8 +277,9 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[H11Protocol]:
             if reason is not None:
                 metrics.http_errors.labels(reason).inc()
                 log.info(
-                    "lingering close cut: the client still sending after %d bytes discarded (at most %d "
-                    "bytes and %g s)", self._discarded, LINGER_BYTES, LINGER_S, extra={"reason": reason},
+                    "lingering close cut (%s): the client had not closed; %d request bytes discarded "
+                    "(at most %d bytes and %g s)", reason, self._discarded, LINGER_BYTES, LINGER_S,
+                    extra={"reason": reason},
                 )  # fmt: skip
             self._socket_transport.close()
 
