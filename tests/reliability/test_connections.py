@@ -1,6 +1,6 @@
 """The connection layer (server/protocol.py) on raw sockets: idle and head timeouts, JSON errors of the
-HTTP layer, request framing, refusals that close, the connection limit, the send timeout, and the load
-clients' idle expiry.
+HTTP layer, request framing, refusals that close and the lingering close after them, the connection
+limit, the send timeout, and the load clients' idle expiry.
 
 One real server process over the fake backend with small limits (idle 1 s, send timeout 1 s, 12
 connections, an API key). Its clients are raw sockets, or pools that expire idle connections first.
