@@ -15,7 +15,7 @@ FAILURE_REASONS: tuple[str, ...] = ("rejected", "expired", "cancelled", "bad_inp
 STAGES: tuple[str, ...] = ("receive", "decode", "resize", "pad", "queue", "infer", "crop", "encode")
 HTTP_ERROR_REASONS: tuple[str, ...] = (
     "malformed", "framing", "head_too_large", "unsupported_encoding", "head_timeout", "connection_limit",
-    "send_timeout",
+    "send_timeout", "linger_time", "linger_bytes",
 )  # fmt: skip
 """What the HTTP layer (server/protocol.py) answered or cut off itself, before or around the app."""
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)

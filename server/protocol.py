@@ -9,7 +9,14 @@
   connection holding bytes it has received. Responses advertise the timeout as ``Keep-Alive: timeout=N``
   (clients must drop idle connections before it: what arrives after the close cannot be answered).
 - **Refusals close the connection**: a response started before the request body was fully received
-  (401, 413, 415, 431, ...) carries ``Connection: close`` and the rest of the body is never read.
+  (401, 413, 415, 431, ...) carries ``Connection: close`` and the rest of the body is never served.
+- **Lingering close**: when the server closes a connection whose request is unfinished (body still
+  arriving, or unparsed bytes received), it half-closes its side once the answer is written (a FIN: the
+  client sees the end of the answer), then reads and discards what the client still sends until the client
+  closes, :data:`LINGER_S` passes or more than :data:`LINGER_BYTES` have been discarded, and only then
+  closes. (Closing a socket with received bytes unread makes the kernel send a reset instead of a FIN: the
+  client's next send fails, and a client that stops there, as httpx's asyncio transport does, never reads
+  the answer it was sent.) A lingering connection counts toward ``max_connections`` until it closes.
 - **The HTTP layer's own errors are JSON** ``{"detail": ...}`` with h11's status: 400 (malformed request
   line, header or chunk, bad Content-Length), 431 (a head over twice ``max_header_bytes``; smaller ones get
   the app's 431), 501 (a transfer coding other than chunked). A request with both Content-Length and
@@ -17,8 +24,8 @@
 - **At most** ``max_connections`` connections: a further one is answered 503 + Retry-After and closed.
 - **Send timeout** (``send_timeout_s``): a connection whose unsent response bytes stop moving is cut.
 
-Each refusal and cut is counted in ``fcn_http_errors_total{reason}``; ``fcn_connections`` is the number
-of open connections.
+Each refusal and cut (a lingering close ended by its time or byte bound included) is counted in
+``fcn_http_errors_total{reason}``; ``fcn_connections`` is the number of open connections.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import re
 import select
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import h11
@@ -46,6 +53,11 @@ log = logging.getLogger("server")
 
 HEAD_GRACE_S = 1.0
 """Time a request head already arriving when the idle timer fires gets to complete (once per head)."""
+LINGER_S = 2.0
+"""Longest a lingering close waits for the client to stop sending after the answer (nginx: lingering_time)."""
+LINGER_BYTES = 1024 * 1024
+"""Most request bytes a lingering close discards: the read that passes this ends it (issue #18's bound: a
+refused body costs at most this and :data:`LINGER_S`, not its Content-Length)."""
 CLOSE = (b"connection", b"close")
 FRAMING = "request has both Content-Length and Transfer-Encoding (RFC 9112 section 6.3); send only one"
 
@@ -92,6 +104,68 @@ def socket_readable(transport: asyncio.BaseTransport) -> bool:
     return bool(poller.poll(0))
 
 
+class ClosingTransport(asyncio.Transport):
+    """A connection's transport as uvicorn's code sees it: ``close()`` is handed to ``on_close`` (the
+    protocol's, which may linger first), and from then on the connection is closing."""
+
+    def __init__(self, transport: asyncio.Transport, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self._transport = transport
+        self._on_close = on_close
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close()
+
+    def is_closing(self) -> bool:
+        return self._closed or self._transport.is_closing()
+
+    def abort(self) -> None:
+        self._closed = True
+        self._transport.abort()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._transport.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+
 def http_protocol(settings: Settings, metrics: Metrics) -> type[H11Protocol]:
     """The uvicorn ``http`` protocol class of this service, with ``settings``' connection limits."""
     idle_s, send_s = settings.idle_timeout_s, settings.send_timeout_s
@@ -114,11 +188,16 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[H11Protocol]:
             self._sender: asyncio.TimerHandle | None = None
             self._send_mark = (0, 0)
             self._writes = 0
+            self._lingering = False
+            self._linger: asyncio.TimerHandle | None = None
+            self._discarded = 0
+            self._lost = False
 
         # --- connection life -------------------------------------------------------------------------
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._socket_transport = transport  # uvicorn's code gets the ClosingTransport around it
+            super().connection_made(ClosingTransport(transport, self._close))
             metrics.connections.set(len(self.connections))
             if len(self.connections) > settings.max_connections:
                 self._refuse(
@@ -132,12 +211,29 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[H11Protocol]:
             self._arm_idle(idle_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            for timer in (self._idle, self._sender):
+            self._lost = True
+            for timer in (self._idle, self._sender, self._linger):
                 if timer is not None:
                     timer.cancel()
-            self._idle = self._sender = None
+            self._idle = self._sender = self._linger = None
+            if self._discarded:
+                log.debug("lingering close ended: %d request bytes discarded", self._discarded)
             super().connection_lost(exc)
             metrics.connections.set(len(self.connections))
+
+        def data_received(self, data: bytes) -> None:
+            if not self._lingering:
+                super().data_received(data)
+                return
+            self._discarded += len(data)  # dropped, never buffered
+            if self._linger is not None and self._discarded > LINGER_BYTES:
+                self._end_linger("linger_bytes")
+
+        def shutdown(self) -> None:
+            if self._linger is not None:
+                self._end_linger(None)  # the server is stopping: stop waiting for this client
+            elif not self._lingering:
+                super().shutdown()
 
         def handle_events(self) -> None:
             super().handle_events()
@@ -153,6 +249,39 @@ def http_protocol(settings: Settings, metrics: Metrics) -> type[H11Protocol]:
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
                 self._grace_used = False
                 self._arm_idle(idle_s)
+
+        # --- closing, and the lingering close ------------------------------------------------------------
+
+        def _close(self) -> None:
+            """Close the connection (``transport.close()`` of uvicorn's code and ours): at once, or after
+            lingering when the request is unfinished: its body still arriving, or bytes received unparsed."""
+            transport = self._socket_transport
+            unfinished = self.conn.their_state in (h11.SEND_BODY, h11.ERROR) or self.conn.trailing_data[0]
+            if self._lost or not unfinished:
+                transport.close()
+                return
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
+            if transport.can_write_eof():
+                transport.write_eof()  # a FIN once the answer is written: the client sees its end
+            transport.resume_reading()
+            self._lingering = True
+            self._linger = self.loop.call_later(LINGER_S, self._end_linger, "linger_time")
+
+        def _end_linger(self, reason: str | None) -> None:
+            """Stop lingering and close; ``reason`` (a bound that was reached) is counted and logged."""
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+            if reason is not None:
+                metrics.http_errors.labels(reason).inc()
+                log.info(
+                    "lingering close cut (%s): the client had not closed; %d request bytes discarded "
+                    "(at most %d bytes and %g s)", reason, self._discarded, LINGER_BYTES, LINGER_S,
+                    extra={"reason": reason},
+                )  # fmt: skip
+            self._socket_transport.close()
 
         # --- the idle timer ----------------------------------------------------------------------------
 

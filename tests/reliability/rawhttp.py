@@ -20,12 +20,18 @@ class RawResponse:
         return json.loads(self.body)  # type: ignore[no-any-return]
 
 
-def connect(url: str, timeout: float = 10.0, receive_buffer: int | None = None) -> socket.socket:
-    """A TCP connection to ``url``'s host and port (``receive_buffer``: SO_RCVBUF in bytes, set first)."""
+def connect(
+    url: str, timeout: float = 10.0, receive_buffer: int | None = None, send_buffer: int | None = None
+) -> socket.socket:
+    """A TCP connection to ``url``'s host and port (``receive_buffer``, ``send_buffer``: SO_RCVBUF and
+    SO_SNDBUF in bytes, set first; a small send buffer makes sends block as soon as the server stops
+    reading)."""
     parts = urlsplit(url)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.settimeout(timeout)
     sock.connect((parts.hostname, parts.port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -53,6 +59,19 @@ def wait_closed(sock: socket.socket, timeout: float) -> bool:
             except ConnectionError:
                 return True
     return False
+
+
+def send_unread(sock: socket.socket, data: bytes, block: int = 65536) -> tuple[int, OSError | None]:
+    """Send ``data`` without reading anything, as an HTTP client sends a body before it reads the answer,
+    until all is sent or a send fails (the server reset the connection, or the socket timed out); returns
+    the bytes the kernel took and the error."""
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += sock.send(data[sent : sent + block])
+    except OSError as exc:
+        return sent, exc
+    return sent, None
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> RawResponse:

@@ -1,6 +1,6 @@
 """The connection layer (server/protocol.py) on raw sockets: idle and head timeouts, JSON errors of the
-HTTP layer, request framing, refusals that close, the connection limit, the send timeout, and the load
-clients' idle expiry.
+HTTP layer, request framing, refusals that close and the lingering close after them, the connection
+limit, the send timeout, and the load clients' idle expiry.
 
 One real server process over the fake backend with small limits (idle 1 s, send timeout 1 s, 12
 connections, an API key). Its clients are raw sockets, or pools that expire idle connections first.
@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 from bench.http import load_limits
-from server.protocol import HEAD_GRACE_S
+from server.protocol import HEAD_GRACE_S, LINGER_BYTES, LINGER_S
 from server.settings import Settings
 
 from .fakes import FakeSpec
 from .helpers import LEAK_PATTERNS, metrics, solid_png, wait_until
-from .rawhttp import RawResponse, connect, read_response, readable, wait_closed
+from .rawhttp import RawResponse, connect, read_response, readable, send_unread, wait_closed
 from .serverproc import REPO_ROOT, ServerProcess, fake_server
 
 KEY = "edge-key"
@@ -142,36 +142,99 @@ def test_content_length_with_transfer_encoding_is_400_and_the_smuggled_request_i
     assert b"HTTP/1.1" not in rest, rest
 
 
-def _refused_then_closed(edge: ServerProcess, first: bytes, status: int, keep_sending: bytes) -> int:
-    """Send ``first``, expect ``status`` with Connection: close, then keep sending ``keep_sending`` blocks:
-    the server must close the connection at once. Returns the bytes it took after its answer."""
-    sock = connect(edge.url)
-    try:
-        sock.sendall(first)
+def open_connections(url: str) -> float:
+    """The server's ``fcn_connections`` (the connection asking for it included)."""
+    return metrics(url)["fcn_connections"]
+
+
+SMALL_SEND_BUFFER = 64 * 1024
+"""The clients' SO_SNDBUF here: their sends block as soon as the server stops reading."""
+
+
+@pytest.mark.parametrize(
+    ("key", "status"), [({}, 401), ({"X-API-Key": KEY}, 413)], ids=["no-key", "over-the-body-limit"]
+)
+def test_a_refused_upload_sent_before_reading_gets_its_answer_not_a_reset(
+    edge: ServerProcess, key: dict[str, str], status: int
+) -> None:
+    """A client that sends its whole body before it reads (as HTTP clients do) is refused after the head,
+    while the body is still coming: the server must take the rest of the body (up to LINGER_BYTES), so the
+    client's send completes and it reads the whole answer, then the server's FIN. Before the lingering
+    close, the server closed its socket with unread bytes, the kernel answered with a reset, and the
+    client's send failed (ConnectionResetError, once BrokenPipeError) after 64 KB to 590 KB of the body in
+    10 runs of 10; an asyncio client such as httpx's then drops the answer it has not read yet
+    (``httpx.ReadError``). The server ends the linger as soon as the client closes."""
+    body = bytes(LINGER_BYTES)  # over the 300 kB body limit, and more than the socket buffers hold
+    before = open_connections(edge.url)
+    cuts = http_errors(edge.url, "linger_time") + http_errors(edge.url, "linger_bytes")
+    with connect(edge.url, send_buffer=SMALL_SEND_BUFFER) as sock:
+        length = {"Content-Type": "image/png", "Content-Length": str(len(body))}
+        sock.sendall(head("POST", "/segment", {**length, **key}))
+        sent, error = send_unread(sock, body)
+        assert error is None, f"reset after {sent} of {len(body)} body bytes: {error!r}"
         assert_json_refusal(read_response(sock), status)
-        taken = 0
-        end = time.monotonic() + 3.0
-        while time.monotonic() < end:
-            try:
-                sock.sendall(keep_sending)
-            except OSError:
-                return taken
-            taken += len(keep_sending)
-            if wait_closed(sock, 0.05):
-                return taken
-        pytest.fail(f"the connection stayed open after the {status}; the server read {taken} more bytes")
-    finally:
-        sock.close()
+        assert sock.recv(1) == b"", "no end of the answer (FIN) after it"
+    closed_at = time.monotonic()
+    assert wait_until(lambda: open_connections(edge.url) <= before, LINGER_S), "still lingering"
+    assert time.monotonic() - closed_at < LINGER_S / 2, "the linger did not end when the client closed"
+    assert http_errors(edge.url, "linger_time") + http_errors(edge.url, "linger_bytes") == cuts
 
 
-def test_refusals_close_the_connection_and_stop_reading_the_body(edge: ServerProcess) -> None:
+def _refused_then_sending(edge: ServerProcess, first: bytes, status: int) -> socket.socket:
+    """A connection that sent ``first`` and read its refusal (``status``, Connection: close), then the
+    server's FIN: the server is lingering on it."""
+    sock = connect(edge.url, send_buffer=SMALL_SEND_BUFFER)
+    sock.sendall(first)
+    assert_json_refusal(read_response(sock), status)
+    assert sock.recv(1) == b"", "no end of the answer (FIN) after it"
+    return sock
+
+
+def _send_until_cut(sock: socket.socket, block: bytes, pause: float, since: float) -> tuple[float, int]:
+    """Send ``block`` every ``pause`` s until a send fails (the server cut the connection); the seconds
+    from ``since`` (a ``time.monotonic()``) to the cut and the bytes the kernel took. Fails if the
+    connection outlives the linger bounds by 3 s."""
+    taken = 0
+    while time.monotonic() - since < LINGER_S + 3.0:
+        try:
+            sock.sendall(block)
+        except OSError:
+            return time.monotonic() - since, taken
+        taken += len(block)
+        time.sleep(pause)
+    pytest.fail(f"the connection stayed open {LINGER_S + 3.0} s after the refusal; it took {taken} bytes")
+
+
+def test_a_client_still_sending_after_a_refusal_is_cut_after_the_linger_time(edge: ServerProcess) -> None:
+    """A client trickling its body after a 401 (chunked) holds the connection no longer than LINGER_S: not
+    cut earlier by the idle timeout (1 s), counted in fcn_connections until then, cut once. A second refused
+    client (415) that closes after its answer is closed at once, and its linger timer never fires."""
+    before = open_connections(edge.url)
+    cuts = http_errors(edge.url, "linger_time")
     no_key = {"Content-Type": "image/png", "Transfer-Encoding": "chunked"}
-    _refused_then_closed(edge, head("POST", "/segment", no_key) + b"1\r\nx\r\n", 401, b"1\r\ny\r\n")
-    huge = {"Content-Type": "image/png", "Content-Length": "1000000000000000", "X-API-Key": KEY}
-    taken = _refused_then_closed(edge, head("POST", "/segment", huge), 413, b"z" * 65536)
-    assert taken < 32 * 1024 * 1024, taken  # at most what the socket buffers hold, not the body
     text = {"Content-Type": "text/plain", "Content-Length": "100000", "X-API-Key": KEY}
-    _refused_then_closed(edge, head("POST", "/segment", text) + b"abc", 415, b"d" * 1024)
+    with _refused_then_sending(edge, head("POST", "/segment", no_key) + b"1\r\nx\r\n", 401) as trickler:
+        refused_at = time.monotonic()
+        _refused_then_sending(edge, head("POST", "/segment", text) + b"abc", 415).close()
+        assert wait_until(lambda: open_connections(edge.url) == before + 1, 1.0), "the 415's lingers"
+        elapsed, taken = _send_until_cut(trickler, b"1\r\ny\r\n", 0.05, refused_at)
+    assert LINGER_S - 0.1 <= elapsed <= LINGER_S + 1.0, elapsed
+    assert taken < 1000, taken
+    assert wait_until(lambda: open_connections(edge.url) <= before, 1.0)
+    assert http_errors(edge.url, "linger_time") == cuts + 1
+
+
+def test_a_client_still_sending_after_a_refusal_is_cut_after_linger_bytes(edge: ServerProcess) -> None:
+    """After a 413 for ``Content-Length: 10^15`` the server discards at most about LINGER_BYTES of what the
+    client keeps sending as fast as it can, then cuts: the body is not read to its end."""
+    cuts = http_errors(edge.url, "linger_bytes")
+    huge = {"Content-Type": "image/png", "Content-Length": "1000000000000000", "X-API-Key": KEY}
+    with _refused_then_sending(edge, head("POST", "/segment", huge), 413) as sock:
+        elapsed, taken = _send_until_cut(sock, bytes(65536), 0.0, time.monotonic())
+    print(f"linger bytes: cut after {elapsed:.3f} s, {taken} bytes taken (LINGER_BYTES {LINGER_BYTES})")
+    assert LINGER_BYTES < taken < LINGER_BYTES + 4 * 1024 * 1024, taken  # + what the socket buffers hold
+    assert elapsed < LINGER_S, elapsed
+    assert http_errors(edge.url, "linger_bytes") == cuts + 1
 
 
 def test_refusals_are_counted_in_the_request_metrics(edge: ServerProcess) -> None:

@@ -15,7 +15,7 @@ from bench.http import load_limits
 
 from . import inputs
 from .fakes import FakeSpec
-from .helpers import assert_clean_error, solid_png
+from .helpers import assert_clean_error, metrics, solid_png
 from .serverproc import ServerProcess, fake_server
 
 MIB = 1024 * 1024
@@ -101,10 +101,12 @@ def test_upload_flood_keeps_memory_bounded_and_small_requests_served(tmp_path: P
         with RssSampler(server) as rss:
             statuses, small_codes, refusals = asyncio.run(flood(server.url, large, small))
         growth = (rss.peak - baseline) * 1024
+        samples = metrics(server.url)
+        cuts = {r: samples[f'fcn_http_errors_total{{reason="{r}"}}'] for r in ("linger_time", "linger_bytes")}
         print(
             f"flood figures: {FLOOD} uploads of {len(large)} B: {dict(statuses)}; small requests "
             f"{Counter(small_codes)}; RSS baseline {baseline / 1024:.0f} MiB, "
-            f"peak growth {growth / MIB:.1f} MiB (bound {RSS_BOUND / MIB:.0f} MiB)"
+            f"peak growth {growth / MIB:.1f} MiB (bound {RSS_BOUND / MIB:.0f} MiB); linger cuts {cuts}"
         )
         assert set(statuses) <= {200, 429} and statuses[200] > 0 and statuses[429] > 0, statuses
         for response in refusals:
