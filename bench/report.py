@@ -428,8 +428,8 @@ def _upsampling_context(report: dict[str, Any]) -> list[str]:
     runs = report["results"][0]["runs"] if report["results"] else 0
     return [
         "The same weights exported with per-class (grouped) and dense `ConvTranspose` upsampling, ONNX "
-        f"Runtime, one session with every core, batch 1, {runs} timed runs of each alternating; labels compared on 20 "
-        "held-out scenes and the benchmark photographs (`python -m bench.upsampling`)."
+        f"Runtime, one session with every core, batch 1, {runs} timed runs of each alternating; labels "
+        "compared on 20 held-out scenes and the benchmark photographs (`python -m bench.upsampling`)."
     ]
 
 
