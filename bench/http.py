@@ -636,7 +636,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="ONNX exports (plain, random)")
     parser.add_argument(
-        "--max-batch-size", type=int, default=8, help="FCN_MAX_BATCH_SIZE of the started server"
+        "--max-batch-size",
+        type=int,
+        help="FCN_MAX_BATCH_SIZE of the started server (default: unset, so the server measures its cap)",
     )
     parser.add_argument(
         "--server-env", nargs="*", default=[], metavar="FCN_X=V", help="more env for started services"
@@ -769,9 +771,9 @@ def launches_for(args: argparse.Namespace, subject: Subject) -> dict[str, Launch
         dict(os.environ)
         | {
             "FCN_MODEL": str(subject.model),
-            "FCN_MAX_BATCH_SIZE": str(args.max_batch_size),
             "FCN_LOG_LEVEL": args.log_level,
         }
+        | ({"FCN_MAX_BATCH_SIZE": str(args.max_batch_size)} if args.max_batch_size else {})
         | args.extra_env
     )
     launches = {"service" if args.compare_naive else "batching": service_launch(base)}
