@@ -13,7 +13,7 @@ import pytest
 
 from server.settings import DEFAULT_MODEL
 from tests.browser.helpers import TWO_MODELS, open_page
-from tests.serverproc import REPO_ROOT, running_server
+from tests.serverproc import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -70,15 +70,9 @@ def run_server(workdir: Path, **settings: str) -> Iterator[Server]:
         )
 
 
-def _skip_without_model() -> None:
-    if "FCN_MODEL" not in os.environ and not DEFAULT_MODEL.is_file():
-        pytest.skip(f"the demo model {DEFAULT_MODEL.relative_to(REPO_ROOT)} is not there yet")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The server the page tests run against (skips while the demo model is not shipped)."""
-    _skip_without_model()
+    """The server the page tests run against (the shipped demo model, or FCN_MODEL)."""
     with run_server(tmp_path_factory.mktemp("server")) as running:
         yield running
 
@@ -86,7 +80,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def two_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server on a model repository (``FCN_MODEL_REPOSITORY``) of two models, ``TWO_MODELS``."""
-    _skip_without_model()
     workdir = tmp_path_factory.mktemp("two-models")
     model_file = Path(os.environ.get("FCN_MODEL", DEFAULT_MODEL)).resolve()
     for name, version in TWO_MODELS.items():
@@ -100,7 +93,6 @@ def two_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
 @pytest.fixture
 def keyed_server(tmp_path: Path) -> Iterator[Server]:
     """A server that wants the API key ``API_KEY`` in ``X-API-Key``."""
-    _skip_without_model()
     with run_server(tmp_path, api_key=API_KEY, warmup="false") as running:
         yield running
 
