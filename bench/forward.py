@@ -30,7 +30,7 @@ import numpy as np
 from bench.backends import BACKENDS, GPU_BACKENDS, BuildContext, Runner, Unavailable
 from bench.flops import fcn_gflop
 from bench.images import photograph_batch
-from bench.machine import describe_machine, machine_slug, usable_cores
+from bench.machine import RESULTS_ROOT, describe_machine, machine_slug, usable_cores
 from bench.models import DEFAULT_CACHE, ModelSpec
 from bench.peak import measure_peak
 from bench.stats import percentiles
@@ -38,7 +38,6 @@ from bench.stats import percentiles
 PAPER_FCN8S_MS = 175.0
 PAPER_FCN_VGG16_MS = 210.0
 PAPER_GPU = "NVIDIA Tesla K40c (Caffe), FCN paper"
-RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 QUICK_BACKENDS = ("torch-eager", "ort-cpu-fp32", "ort-cpu-int8")
 QUICK_WIDTH = 1 / 32
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}

@@ -50,7 +50,7 @@ import numpy as np
 from bench import baseline, overhead
 from bench.agreement import Responses, agreements, reference_labels
 from bench.images import encoded_photographs, load_photographs
-from bench.machine import describe_machine, machine_slug, usable_cores
+from bench.machine import RESULTS_ROOT, describe_machine, machine_slug, usable_cores
 from bench.models import DEFAULT_CACHE
 from bench.procstat import CpuSample, cpu_sample
 from bench.prometheus import parse_samples
@@ -60,7 +60,6 @@ from common.contract import PROP_PRECISION, PROP_SHA256
 from common.geometry import ServingGeometry
 from common.onnxrt import read_metadata, read_props
 
-RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
 NAIVE_CONCURRENCY = (1, 4, 16)

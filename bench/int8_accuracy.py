@@ -25,14 +25,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from bench.machine import describe_machine, machine_slug, usable_cores
+from bench.machine import RESULTS_ROOT, describe_machine, machine_slug, usable_cores
 from common.contract import INPUT_NAME
 from common.onnxrt import create_session, read_metadata
 from export.quantize import quantize_onnx, synthetic_images
 from training.metrics import ConfusionMeter
 from training.synth import HELD_OUT_SEED, make_scene, scene_rng
-
-RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
 def held_out_scenes(count: int, size: int, seed: int = HELD_OUT_SEED) -> list[tuple[np.ndarray, np.ndarray]]:

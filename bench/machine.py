@@ -89,6 +89,10 @@ def describe_machine() -> dict[str, Any]:
     }
 
 
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+"""Where every benchmark writes its results: ``RESULTS_ROOT/<machine slug>/<benchmark>.json``."""
+
+
 def machine_slug(description: dict[str, Any]) -> str:
     """A folder name for results, e.g. ``amd-epyc-2c-avx2`` or ``nvidia-h100-80gb-hbm3``."""
     if description.get("gpu"):

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.baseline import stage_order
+from bench.machine import RESULTS_ROOT
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BEGIN_MARK = "<!-- generated: bench.report -->"
 END_MARK = "<!-- end generated -->"
 KIND_ORDER = ("forward", "upsampling", "http", "http-naive", "int8-accuracy", "soak")
@@ -511,7 +511,7 @@ def replace_section(text: str, generated: str) -> str:
     return "".join(lines[: begin + 1]) + "\n" + generated.strip("\n") + "\n\n" + "".join(lines[end:])
 
 
-def updated_doc(doc: Path, results_dir: Path = RESULTS_DIR) -> str:
+def updated_doc(doc: Path, results_dir: Path = RESULTS_ROOT) -> str:
     """The text ``doc`` should have: its generated section rebuilt from ``results_dir``."""
     return replace_section(doc.read_text(), render_docs(results_dir, doc.parent))
 
@@ -529,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--results",
         type=Path,
-        default=RESULTS_DIR,
+        default=RESULTS_ROOT,
         help="folder of <machine>/ result folders (default: %(default)s)",
     )
     args = parser.parse_args(argv)

@@ -29,11 +29,10 @@ import httpx
 
 from bench.http import check_loopback, load_limits
 from bench.images import encoded_photographs
-from bench.machine import describe_machine, machine_slug
+from bench.machine import RESULTS_ROOT, describe_machine, machine_slug
 from bench.stats import percentiles
 from tests.serverproc import rss_kib, running_server
 
-RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 Body = tuple[str, bytes, str]
 """(file name, bytes, content type) of one request body."""
 

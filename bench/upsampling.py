@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.images import load_photographs
-from bench.machine import describe_machine, machine_slug
+from bench.machine import RESULTS_ROOT, describe_machine, machine_slug
 from bench.models import ModelSpec, random_model
 from common.contract import INPUT_NAME
 from common.geometry import ServingGeometry
@@ -35,7 +35,6 @@ from server.tuning import representative_image
 from training.synth import make_scene, scene_rng
 from training.weights import load_checkpoint
 
-RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo" / "fcn8s-demo.safetensors"
 CHECK_SHAPES = ((1, 160, 200), (2, 96, 128))
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,24 @@ class Service:
         if busy is not None and time.monotonic() - busy > self.settings.stall_timeout_s:
             return f"backend stalled: a batch has run for {time.monotonic() - busy:.0f} s"
         return None
+
+    def refusal(self) -> tuple[str, dict[str, str]] | None:
+        """Why an inference request is answered 503 now (detail and headers), or None when it is admitted."""
+        if self.draining:
+            return "server is shutting down; retry elsewhere", {"Connection": "close", "Retry-After": "1"}
+        if not self.ready or self.registry is None:
+            return "model is not ready yet (loading or warming up)", {"Retry-After": "1"}
+        return None
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[ModelRegistry]:
+        """The registry, with the request counted in flight (the drain on SIGTERM waits for it)."""
+        assert self.registry is not None
+        self.inflight += 1
+        try:
+            yield self.registry
+        finally:
+            self.inflight -= 1
 
     async def in_codec_thread(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run CPU-bound image work (decode, encode) on the bounded codec pool, off the event loop."""

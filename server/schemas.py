@@ -41,6 +41,11 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+def errors(body: type[BaseModel], statuses: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses that all answer with ``body``."""
+    return {code: {"model": body, "description": text} for code, text in statuses.items()}
+
+
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 SEGMENT_REQUEST: dict[str, Any] = {
     "requestBody": {
@@ -65,9 +70,9 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"image/png": _BINARY},
         "description": "label PNG or class-mask JSON",
     },
-    **{
-        code: {"model": ErrorBody, "description": text}
-        for code, text in {
+    **errors(
+        ErrorBody,
+        {
             400: "undecodable or truncated image",
             401: "missing or wrong API key",
             404: "no such model or version is loaded",
@@ -79,8 +84,8 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
             500: "the model failed on this request's batch",
             503: "not ready, draining, or queue full when so configured",
             504: "deadline passed before the result was ready",
-        }.items()
-    },
+        },
+    ),
 }
 
 
@@ -90,9 +95,9 @@ class ProtocolErrorBody(BaseModel):
     error: str
 
 
-V2_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ProtocolErrorBody, "description": text}
-    for code, text in {
+V2_RESPONSES = errors(
+    ProtocolErrorBody,
+    {
         400: "bad tensor, header or request; or (readiness) not ready",
         401: "missing or wrong API key",
         404: "no such model or version is loaded (or exists)",
@@ -103,17 +108,17 @@ V2_RESPONSES: dict[int | str, dict[str, Any]] = {
         500: "the model failed on this request's batch",
         503: "not ready or shutting down",
         504: "deadline passed",
-    }.items()
-}
+    },
+)
 """The statuses and error body of every ``/v2`` route (documented in ``/openapi.json``)."""
-MODEL_INFO_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
+MODEL_INFO_RESPONSES = errors(
+    ErrorBody,
+    {
         401: "missing or wrong API key",
         404: "no such model or version is loaded",
         422: "bad parameters",
         503: "models are loading",
-    }.items()
-}
+    },
+)
 NO_BODY: dict[int | str, dict[str, Any]] = {200: {"description": "true (no body)", "content": {}}}
 """A protocol health answer: the status is the answer."""

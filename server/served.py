@@ -15,12 +15,15 @@ from common.geometry import ServingGeometry
 from common.metadata import ModelMetadata
 from server import tuning
 from server.backends.base import Backend
+from server.backends.ort import CUDA
+from server.backends.tensorrt import TensorRTBackend
 from server.batcher import Batcher
 from server.metrics import Metrics, ModelMetrics
 from server.settings import Settings
 
 log = logging.getLogger("server")
-GPU_PROVIDERS = ("TensorRT", "CUDAExecutionProvider")
+GPU_PROVIDERS = (TensorRTBackend.provider, CUDA)
+"""Providers that run on a GPU, where batches pay and ``max_batch_size`` is kept."""
 
 
 @dataclass

@@ -26,3 +26,17 @@ def test_a_changed_default_shows_up_as_a_stale_copy(tmp_path, monkeypatch) -> No
     env_example = tmp_path / ".env.example"
     env_example.write_text(env_example.read_text().replace("# FCN_BUCKET=32", "# FCN_BUCKET=64"))
     assert sorted(settings_docs.stale(tmp_path)) == sorted([configmap, env_example])
+
+
+def test_the_deployment_defaults_documented_are_compose_s_own() -> None:
+    """``.env.example`` and docs/configuration.md list the compose variables' defaults (``DEPLOYMENT``); they
+    must be the ones docker-compose.yml and .env really use."""
+    compose = (settings_docs.REPO_ROOT / "docker-compose.yml").read_text()
+    dotenv = (settings_docs.REPO_ROOT / ".env").read_text()
+    for variable, default, _ in settings_docs.DEPLOYMENT:
+        if variable == "COMPOSE_PROFILES":
+            assert f"{variable}={default}" in dotenv.splitlines()
+        elif default:
+            assert f"${{{variable}:-{default}}}" in compose, (variable, default)
+        else:
+            assert f"{variable}:" in compose, variable

@@ -68,20 +68,14 @@ async def segment(
     ] = None,
 ) -> Response:
     """Segment one image: multipart field ``image`` or a raw ``image/*`` body."""
-    if service.draining:
-        return error_response(
-            503, "server is shutting down; retry elsewhere", {"Connection": "close", "Retry-After": "1"}
-        )
-    if not service.ready or service.registry is None:
-        return error_response(503, "model is not ready yet (loading or warming up)", {"Retry-After": "1"})
-    service.inflight += 1
+    refusal = service.refusal()
+    if refusal is not None:
+        return error_response(503, *refusal)
     try:
-        with service.registry.hold(model, version) as served:
+        with service.admitted() as registry, registry.hold(model, version) as served:
             return await _segment(service, served, request, format)
     except UnknownModel as exc:
         return error_response(404, str(exc))
-    finally:
-        service.inflight -= 1
 
 
 async def _segment(

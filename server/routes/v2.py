@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from common.contract import INPUT_NAME, LABELS_NAME
 from server.errors import status_of
@@ -41,8 +41,8 @@ def require_key(service: ServiceDep, given: Annotated[str | None, Depends(key_he
     """The API key in the protocol's error format."""
     try:
         check_key(service, given)
-    except Exception as exc:
-        raise ProtocolError(401, "missing or wrong API key: send it in the X-API-Key header") from exc
+    except HTTPException as exc:
+        raise ProtocolError(exc.status_code, str(exc.detail)) from None
 
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], responses=V2_RESPONSES)
@@ -154,31 +154,25 @@ def _ready(service: Service, name: str, version: str | None) -> Response:
 @keyed.post("/models/{name}/infer")
 async def model_infer(request: Request, service: ServiceDep, name: str) -> Response:
     """Labels for ``image`` (UINT8 [N,H,W,3]) or ``image_bytes`` (BYTES [N]); JSON or binary tensors."""
-    return await _admitted(service, name, None, lambda: _infer(request, service, name, None))
+    return await _admitted(request, service, name, None)
 
 
 @keyed.post("/models/{name}/versions/{version}/infer")
 async def model_version_infer(request: Request, service: ServiceDep, name: str, version: str) -> Response:
     """Infer on one version (404 unless it is the serving one)."""
-    return await _admitted(service, name, version, lambda: _infer(request, service, name, version))
+    return await _admitted(request, service, name, version)
 
 
-async def _admitted(
-    service: Service, name: str, version: str | None, handler: Callable[[], Awaitable[Response]]
-) -> Response:
-    if service.draining:
-        response: Response = error(503, "server is shutting down; retry elsewhere", {"Connection": "close"})
-    elif not service.ready:
-        response = error(503, "models are loading and warming up", {"Retry-After": "1"})
-    else:
-        service.inflight += 1
-        try:
-            response = await handler()
-        except ProtocolError as exc:
-            response = error(exc.status, exc.message)
-        finally:
-            service.inflight -= 1
-    return response
+async def _admitted(request: Request, service: Service, name: str, version: str | None) -> Response:
+    """Admission as for ``/segment`` (503 while loading or draining), then :func:`_infer`."""
+    refusal = service.refusal()
+    if refusal is not None:
+        return error(503, *refusal)
+    try:
+        with service.admitted():
+            return await _infer(request, service, name, version)
+    except ProtocolError as exc:
+        return error(exc.status, exc.message)
 
 
 async def _infer(request: Request, service: Service, name: str, version: str | None) -> Response:

@@ -78,7 +78,7 @@ def anchors(page: Path) -> set[str]:
 
 def test_benchmarks_page_matches_the_results() -> None:
     """The committed generated section equals what bench.report writes from bench/results/*/."""
-    expected = report.updated_doc(BENCHMARKS_DOC, report.RESULTS_DIR)
+    expected = report.updated_doc(BENCHMARKS_DOC, report.RESULTS_ROOT)
     assert BENCHMARKS_DOC.read_text() == expected, (
         "docs/benchmarks.md is out of date: run python -m bench.report --write docs/benchmarks.md"
     )
@@ -87,7 +87,7 @@ def test_benchmarks_page_matches_the_results() -> None:
 
 def test_every_result_file_and_plot_is_on_the_benchmarks_page() -> None:
     page = BENCHMARKS_DOC.read_text()
-    results = sorted(report.RESULTS_DIR.glob("*/*.json")) + sorted(report.RESULTS_DIR.glob("*/*.png"))
+    results = sorted(report.RESULTS_ROOT.glob("*/*.json")) + sorted(report.RESULTS_ROOT.glob("*/*.png"))
     assert results, "no results under bench/results/"
     for path in results:
         link = Path("..", path.relative_to(ROOT)).as_posix()
@@ -98,7 +98,7 @@ def test_write_replaces_only_the_marked_section(tmp_path: Path) -> None:
     results = tmp_path / "results" / "test-machine"
     results.mkdir(parents=True)
     for name in ("forward.json", "soak.json", "forward.png"):
-        shutil.copy(report.RESULTS_DIR / "amd-epyc-2c-avx2" / name, results / name)
+        shutil.copy(report.RESULTS_ROOT / "amd-epyc-2c-avx2" / name, results / name)
     (results / "unrelated.json").write_text(json.dumps({"something": "else"}))
     doc = tmp_path / "docs" / "page.md"
     doc.parent.mkdir()
@@ -129,7 +129,7 @@ def test_write_refuses_a_page_without_its_markers(tmp_path: Path, body: str) -> 
 
 
 def test_plain_listing_still_prints_one_folder() -> None:
-    text = report.render(report.RESULTS_DIR / "amd-epyc-2c-avx2")
+    text = report.render(report.RESULTS_ROOT / "amd-epyc-2c-avx2")
     assert "#### `forward.json`" in text and "| batching | c=1 |" in text
 
 
